@@ -1,0 +1,57 @@
+"""``llmkit`` command line: one subcommand per module, each a parser builder plus a function returning data.
+
+Exit codes: 0 success; 1 the command ran and found a failure (doctor FAIL, a build that did not verify);
+2 bad input (usage, unknown stand-in, a model without a stand-in in stand-in mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from llmkit.cli import chat_cmd, doctor_cmd, standin_cmd
+from llmkit.errors import BadInput
+
+COMMANDS = [doctor_cmd, standin_cmd, chat_cmd]
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``llmkit`` parser.
+
+    >>> build_parser().parse_args(["doctor", "--json"]).json
+    True
+    """
+    parser = argparse.ArgumentParser(prog="llmkit", description="Helpers for the llmkit LLM course.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``llmkit`` console script; returns the exit code.
+
+    >>> main(["standin", "--list", "--json"])  # doctest: +SKIP
+    0
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        data, code = args.run(args)
+    except (BadInput, KeyError, LookupError) as error:
+        if args.debug:
+            raise
+        message = error.args[0] if error.args else str(error)
+        print(f"llmkit: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        args.render(data)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

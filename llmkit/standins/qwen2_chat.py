@@ -1,0 +1,175 @@
+"""The ``qwen2-chat`` stand-in: a tiny Qwen2ForCausalLM with the real Qwen2 tokenizer that has memorised a
+small bilingual Q&A set (``qa_pairs.json``), so its greedy answers to those prompts are exact.
+
+Everything is seeded: building twice on the same machine gives identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+
+from llmkit.standins.tokenizer import ENDOFTEXT, IM_END, build_qwen2_tokenizer
+
+SEED = 0
+IGNORE_INDEX = -100  # label value that the loss skips (prompt and padding tokens)
+
+
+def load_qa_pairs() -> list[dict]:
+    """The Q&A set the stand-in memorises: ``[{"messages": [...], "answer": str}, ...]``.
+
+    >>> load_qa_pairs()[0]["messages"][0]["content"]
+    '你好'
+    """
+    text = (resources.files("llmkit.standins") / "qa_pairs.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def tiny_qwen2_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:
+    """Qwen2 architecture at toy size: 2 layers, hidden 64, grouped-query attention like the real models.
+
+    >>> tiny_qwen2_config(build_qwen2_tokenizer()).num_hidden_layers
+    2
+    """
+    return Qwen2Config(
+        vocab_size=151936,  # Qwen2-0.5B/1.5B pad the 151,646 tokens to this size
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+        pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+    )
+
+
+def qwen2_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """The generation defaults Qwen2-7B-Instruct publishes (sampling; stop at <|im_end|> or <|endoftext|>).
+
+    >>> qwen2_generation_config(build_qwen2_tokenizer()).eos_token_id
+    [151645, 151643]
+    """
+    endoftext = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+    return GenerationConfig(
+        bos_token_id=endoftext,
+        pad_token_id=endoftext,
+        eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), endoftext],
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.8,
+        top_k=20,
+        repetition_penalty=1.05,
+    )
+
+
+def encode_example(tokenizer: PreTrainedTokenizerBase, messages: list[dict], answer: str) -> tuple[list, list]:
+    """Token ids of one chat-formatted example and its labels (loss only on the answer and <|im_end|>).
+
+    >>> ids, labels = encode_example(build_qwen2_tokenizer(), [{"role": "user", "content": "你好"}], "好")
+    >>> labels[-2:] == ids[-2:] and labels[0] == IGNORE_INDEX
+    True
+    """
+    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    answer_ids = tokenizer.encode(answer) + [tokenizer.convert_tokens_to_ids(IM_END)]
+    return list(prompt_ids) + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+
+
+def _batch(tokenizer: PreTrainedTokenizerBase, qa_pairs: list[dict]) -> dict[str, torch.Tensor]:
+    """Right-padded training batch of every Q&A pair."""
+    encoded = [encode_example(tokenizer, qa["messages"], qa["answer"]) for qa in qa_pairs]
+    width = max(len(ids) for ids, _ in encoded)
+    pad = tokenizer.pad_token_id
+    input_ids = [ids + [pad] * (width - len(ids)) for ids, _ in encoded]
+    labels = [lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in encoded]
+    mask = [[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded]
+    return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def answer_positions_loss(model: Qwen2ForCausalLM, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """Cross-entropy over the answer tokens only, and whether each of them is already the argmax.
+
+    The LM head (151,936 wide) runs only where a label exists: a few hundred positions instead of every
+    token, which keeps a training step a fraction of a second on a 2-core CPU.
+
+    >>> # loss, all_right = answer_positions_loss(model, batch)  # doctest: +SKIP
+    """
+    hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    target = batch["labels"][:, 1:]
+    keep = target != IGNORE_INDEX
+    logits = model.lm_head(hidden[:, :-1][keep]).float()
+    wanted = target[keep]
+    loss = torch.nn.functional.cross_entropy(logits, wanted)
+    return loss, bool((logits.argmax(-1) == wanted).all())
+
+
+def train_to_memorise(
+    model: Qwen2ForCausalLM, batch: dict[str, torch.Tensor], max_steps: int = 400, lr: float = 5e-3
+) -> dict:
+    """AdamW on the full batch until every answer token is the argmax with a low loss.
+
+    Returns ``{"steps": int, "loss": float, "memorised": bool}``.
+
+    >>> # train_to_memorise(model, _batch(tokenizer, load_qa_pairs()))  # doctest: +SKIP
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    memorised, loss_value, step = False, float("nan"), 0
+    progress = tqdm(range(1, max_steps + 1), desc="training qwen2-chat stand-in", unit="step", leave=False)
+    for step in progress:
+        loss, memorised = answer_positions_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+        progress.set_postfix(loss=f"{loss_value:.4f}")
+        if memorised and loss_value < 0.05:
+            break
+    progress.close()
+    model.eval()
+    return {"steps": step, "loss": loss_value, "memorised": memorised}
+
+
+def greedy_answer(model, tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_new_tokens: int = 48) -> str:
+    """The model's greedy reply to a conversation, through the public chat-template + generate path.
+
+    >>> # greedy_answer(model, tokenizer, [{"role": "user", "content": "你好"}])  # doctest: +SKIP
+    """
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def build_qwen2_chat(out_dir: Path, max_steps: int = 400) -> dict:
+    """Build the stand-in into ``out_dir`` (bf16 safetensors, tokenizer, chat template, generation config).
+
+    Raises ``RuntimeError`` if, after loading it back in bf16, any greedy answer differs from ``qa_pairs.json``
+    (unless ``max_steps`` was cut short on purpose, e.g. for a quick determinism test).
+
+    >>> # build_qwen2_chat(Path("/tmp/qwen2-chat"))  # doctest: +SKIP
+    """
+    torch.manual_seed(SEED)
+    tokenizer = build_qwen2_tokenizer()
+    model = Qwen2ForCausalLM(tiny_qwen2_config(tokenizer))
+    qa_pairs = load_qa_pairs()
+    report = train_to_memorise(model, _batch(tokenizer, qa_pairs), max_steps=max_steps)
+    model.generation_config = qwen2_generation_config(tokenizer)
+    model.to(torch.bfloat16).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+    reloaded = Qwen2ForCausalLM.from_pretrained(out_dir, dtype="auto")
+    wrong = [qa for qa in qa_pairs if greedy_answer(reloaded, tokenizer, qa["messages"]) != qa["answer"]]
+    report["wrong_answers"] = len(wrong)
+    if wrong and report["memorised"]:
+        raise RuntimeError(f"stand-in lost {len(wrong)} memorised answers when saved in bf16: {wrong[0]}")
+    return report

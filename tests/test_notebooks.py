@@ -1,0 +1,36 @@
+"""Notebook conventions: committed without outputs, assert what they show, never interactive."""
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+def code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS and NOTEBOOKS[0].name == "00_environment.ipynb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs_or_counts(path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [i for i, c in enumerate(code_cells(nb)) if c.outputs or c.execution_count is not None]
+    assert not dirty, f"{path.name}: code cells {dirty} have outputs or execution counts; clear them before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_follows_course_conventions(path):
+    nb = nbformat.read(path, as_version=4)
+    assert re.match(r"\d\d_[a-z0-9_]+\.ipynb$", path.name)
+    cells = code_cells(nb)
+    assert "llmkit.pick_model(" in cells[0].source, "first code cell picks the model"
+    assert not any(re.search(r"\binput\(", c.source) for c in cells), "no interactive input() cells"
+    assert sum("assert " in c.source for c in cells) >= len(cells) // 2, "important cells assert what they show"
+    headings = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines() if line.startswith("## ")]
+    assert headings and all(" / " in h for h in headings), "headings are bilingual: '## 中文 / English'"
