@@ -165,7 +165,7 @@ def check_packages(facts: dict) -> list[Row]:
     """
     pkgs = facts.get("packages") if isinstance(facts.get("packages"), dict) else {}
     rows = []
-    stack = f"optimum {pkgs.get('optimum')}, gptqmodel {pkgs.get('gptqmodel')}"
+    stack = f"optimum {pkgs.get('optimum') or 'not installed'}, gptqmodel {pkgs.get('gptqmodel') or 'not installed'}"
     if pkgs.get("optimum") and pkgs.get("gptqmodel"):
         rows.append(Row("GPTQ stack", stack, OK))
     else:
@@ -173,7 +173,9 @@ def check_packages(facts: dict) -> list[Row]:
     if pkgs.get("auto-gptq"):
         rows.append(Row("auto-gptq", pkgs["auto-gptq"], WARN, "archived and unused by transformers 5: pip uninstall auto-gptq"))
     kernel = facts.get("gptq_gpu_kernel")
-    if kernel is None:
+    if kernel is None and not pkgs.get("gptqmodel"):
+        rows.append(Row("GPTQ GPU kernel", "n/a (gptqmodel not installed)", WARN, "pip install -r requirements.txt"))
+    elif kernel is None:
         rows.append(Row("GPTQ GPU kernel", "n/a (no GPU)", OK, "on a CPU GPTQ runs on gptqmodel's torch kernel: correct but slow"))
     elif str(kernel).startswith("OK"):
         rows.append(Row("GPTQ GPU kernel", "Marlin loads", OK))

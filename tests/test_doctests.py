@@ -8,7 +8,7 @@ import pytest
 
 import llmkit
 
-MODULES = [m.name for m in pkgutil.walk_packages(llmkit.__path__, "llmkit.")]
+MODULES = [m.name for m in pkgutil.walk_packages(llmkit.__path__, "llmkit.") if not m.name.endswith("__main__")]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -71,8 +71,10 @@ def test_missing_gptq_kernel_warns_with_consequence():
 
 
 def test_archived_auto_gptq_and_missing_gptqmodel_warn():
-    rows = run_checks(gpu_facts(packages={"optimum": "2.3.0", "gptqmodel": None, "auto-gptq": "0.7.1"}))
+    rows = run_checks(gpu_facts(packages={"optimum": "2.3.0", "gptqmodel": None, "auto-gptq": "0.7.1"}, gptq_gpu_kernel=None))
     assert row(rows, "GPTQ stack").status == WARN and row(rows, "auto-gptq").status == WARN
+    assert row(rows, "GPTQ stack").value == "optimum 2.3.0, gptqmodel not installed"
+    assert row(rows, "GPTQ GPU kernel").value == "n/a (gptqmodel not installed)"
 
 
 def test_pre_ampere_gpu_warns_about_bf16():

@@ -51,7 +51,3 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args.render(data)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

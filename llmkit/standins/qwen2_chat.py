@@ -101,7 +101,7 @@ def answer_positions_loss(model: Qwen2ForCausalLM, batch: dict[str, torch.Tensor
     The LM head (151,936 wide) runs only where a label exists: a few hundred positions instead of every
     token, which keeps a training step a fraction of a second on a 2-core CPU.
 
-    >>> # loss, all_right = answer_positions_loss(model, batch)  # doctest: +SKIP
+    >>> loss, all_right = answer_positions_loss(model, batch)  # doctest: +SKIP
     """
     hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     target = batch["labels"][:, 1:]
@@ -119,7 +119,7 @@ def train_to_memorise(
 
     Returns ``{"steps": int, "loss": float, "memorised": bool}``.
 
-    >>> # train_to_memorise(model, _batch(tokenizer, load_qa_pairs()))  # doctest: +SKIP
+    >>> train_to_memorise(model, _batch(tokenizer, load_qa_pairs()))  # doctest: +SKIP
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
@@ -142,7 +142,7 @@ def train_to_memorise(
 def greedy_answer(model, tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_new_tokens: int = 48) -> str:
     """The model's greedy reply to a conversation, through the public chat-template + generate path.
 
-    >>> # greedy_answer(model, tokenizer, [{"role": "user", "content": "你好"}])  # doctest: +SKIP
+    >>> greedy_answer(model, tokenizer, [{"role": "user", "content": "你好"}])  # doctest: +SKIP
     """
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
@@ -156,7 +156,7 @@ def build_qwen2_chat(out_dir: Path, max_steps: int = 400) -> dict:
     Raises ``RuntimeError`` if, after loading it back in bf16, any greedy answer differs from ``qa_pairs.json``
     (unless ``max_steps`` was cut short on purpose, e.g. for a quick determinism test).
 
-    >>> # build_qwen2_chat(Path("/tmp/qwen2-chat"))  # doctest: +SKIP
+    >>> build_qwen2_chat(Path("/tmp/qwen2-chat"))  # doctest: +SKIP
     """
     torch.manual_seed(SEED)
     tokenizer = build_qwen2_tokenizer()

@@ -19,7 +19,7 @@ GROUP_SIZE = 32  # Qwen's checkpoints use 128; the stand-in's hidden size is 64
 def calibration_texts(tokenizer) -> list[str]:
     """Chat-formatted Q&A conversations used as GPTQ calibration data.
 
-    >>> # calibration_texts(AutoTokenizer.from_pretrained(chat_dir))[0][:22]  # doctest: +SKIP
+    >>> calibration_texts(AutoTokenizer.from_pretrained(chat_dir))[0][:22]  # doctest: +SKIP
     """
     return [
         tokenizer.apply_chat_template(qa["messages"] + [{"role": "assistant", "content": qa["answer"]}], tokenize=False)
@@ -46,7 +46,7 @@ def build_qwen2_gptq(chat_dir: Path, out_dir: Path) -> dict:
 
     Returns ``{"agreeing_answers": int, "answers": int}`` (greedy answers equal to the Q&A set).
 
-    >>> # build_qwen2_gptq(Path(".../qwen2-chat"), Path("/tmp/qwen2-gptq-int4"))  # doctest: +SKIP
+    >>> build_qwen2_gptq(Path(".../qwen2-chat"), Path("/tmp/qwen2-gptq-int4"))  # doctest: +SKIP
     """
     from optimum.gptq import GPTQQuantizer  # heavy import, only needed while building
 
