@@ -180,8 +180,10 @@ def check_packages(facts: dict) -> list[Row]:
     elif str(kernel).startswith("OK"):
         rows.append(Row("GPTQ GPU kernel", "Marlin loads", OK))
     else:
+        cause = ("gptqmodel cannot be imported: pip install -r requirements.txt" if "ModuleNotFoundError" in str(kernel)
+                 else "reinstall gptqmodel for this torch/CUDA (pip install --force-reinstall --no-deps gptqmodel)")
         rows.append(Row("GPTQ GPU kernel", str(kernel)[:120], WARN,
-                        "GPTQ falls back to the slow torch kernel (several times slower); reinstall gptqmodel for this torch/CUDA"))
+                        f"GPTQ falls back to the slow torch kernel (several times slower); {cause}"))
     for name, why in [("bitsandbytes", "8/4-bit on the fly, QLoRA"), ("vllm", "notebook 08 serving"),
                       ("llama-cpp-python", "notebook 07 GGUF")]:
         version = pkgs.get(name)

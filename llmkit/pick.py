@@ -22,16 +22,16 @@ def standin_mode() -> bool:
     return os.environ.get(STANDIN_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def banner(model_id: str, kind: str, path) -> str:
-    """The line that tells a reader the answers come from a tiny test model.
+def banner(model_id: str, kind: str, path, hint: str | None = None) -> str:
+    """The line that tells a reader the answers come from a tiny test model, and how to get the real one.
 
     >>> "STAND-IN" in banner("Qwen/Qwen2-7B-Instruct", "qwen2-chat", "/tmp/x")
     True
     """
+    hint = hint or f"Unset {STANDIN_ENV} on a GPU machine to use the real model."
     return (
         f"[llmkit] STAND-IN MODE: {model_id} is replaced by the tiny test model '{kind}' ({path}).\n"
-        f"[llmkit] Its answers come from a 2-layer model trained for seconds, not from {model_id}. "
-        f"Unset {STANDIN_ENV} on a GPU machine to use the real model."
+        f"[llmkit] Its answers come from a 2-layer model trained for seconds, not from a real LLM. {hint}"
     )
 
 

@@ -67,7 +67,13 @@ def test_nvcc_major_mismatch_warns():
 
 def test_missing_gptq_kernel_warns_with_consequence():
     kernel = row(run_checks(gpu_facts(gptq_gpu_kernel="ERROR marlin not compiled")), "GPTQ GPU kernel")
-    assert kernel.status == WARN and "slow" in kernel.fix
+    assert kernel.status == WARN and "slow" in kernel.fix and "reinstall gptqmodel" in kernel.fix
+
+
+def test_gptqmodel_import_failure_points_to_requirements():
+    # seen on the H100 device machine when gptqmodel's dependency pypcre was missing
+    kernel = row(run_checks(gpu_facts(gptq_gpu_kernel="ERROR ModuleNotFoundError: No module named 'pcre'")), "GPTQ GPU kernel")
+    assert kernel.status == WARN and "pip install -r requirements.txt" in kernel.fix
 
 
 def test_archived_auto_gptq_and_missing_gptqmodel_warn():

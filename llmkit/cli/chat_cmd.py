@@ -26,7 +26,8 @@ def run(args) -> tuple[dict, int]:
         model_ref = pick_model(args.model)
     else:
         model_ref = str(standin_path(DEFAULT_STANDIN))
-        print(banner("the default chat model", DEFAULT_STANDIN, model_ref))
+        print(banner("the default chat model", DEFAULT_STANDIN, model_ref,
+                     hint='Name a model for a real answer, e.g. llmkit chat Qwen/Qwen2-7B-Instruct -p "你好".'))
     model, tokenizer = load_chat_model(model_ref)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}]
