@@ -10,10 +10,10 @@ import argparse
 import json
 import sys
 
-from llmkit.cli import chat_cmd, doctor_cmd, standin_cmd
+from llmkit.cli import chat_cmd, doctor_cmd, download_cmd, estimate_cmd, locate_cmd, standin_cmd
 from llmkit.errors import BadInput
 
-COMMANDS = [doctor_cmd, standin_cmd, chat_cmd]
+COMMANDS = [doctor_cmd, standin_cmd, chat_cmd, estimate_cmd, locate_cmd, download_cmd]
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
