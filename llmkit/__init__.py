@@ -1,13 +1,24 @@
-"""llmkit: thin helpers for the LLM course (environment checks, stand-in models, chat).
+"""llmkit: thin helpers for the LLM course (environment checks, stand-in models, finding, sizing and loading models).
 
 >>> import llmkit
->>> callable(llmkit.pick_model)
+>>> callable(llmkit.pick_model) and callable(llmkit.load)
 True
 """
 
 from llmkit.doctor import doctor
+from llmkit.hub import download, locate
+from llmkit.memory import estimate
 from llmkit.pick import pick_model, standin_mode
 from llmkit.standins import list_standins, standin_path
 
-__all__ = ["doctor", "list_standins", "pick_model", "standin_mode", "standin_path"]
+__all__ = ["doctor", "download", "estimate", "list_standins", "load", "locate", "pick_model", "standin_mode", "standin_path"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``llmkit.load`` imports transformers only when first used, so ``llmkit doctor`` starts fast."""
+    if name == "load":
+        from llmkit.loading import load
+
+        return load
+    raise AttributeError(f"module 'llmkit' has no attribute {name!r}")

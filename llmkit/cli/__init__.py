@@ -1,7 +1,8 @@
 """``llmkit`` command line: one subcommand per module, each a parser builder plus a function returning data.
 
-Exit codes: 0 success; 1 the command ran and found a failure (doctor FAIL, a build that did not verify);
-2 bad input (usage, unknown stand-in, a model without a stand-in in stand-in mode).
+Exit codes: 0 success; 1 the command ran and found a failure (doctor FAIL, an incomplete model, a failed
+download); 2 bad input (usage, unknown stand-in or model id, a model without a stand-in in stand-in mode);
+3 model not found on disk (``llmkit locate``).
 """
 
 from __future__ import annotations

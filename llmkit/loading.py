@@ -1,0 +1,114 @@
+"""``llmkit.load``: find a model on disk, check that it fits, then load it with the plain transformers API.
+
+It adds three things to ``AutoModelForCausalLM.from_pretrained``: the model is resolved with
+``llmkit.hub.locate`` (no hard-coded snapshot paths), the memory estimate is compared with what is free
+*before* anything is loaded, and the dtype is chosen for the GPU (bf16 where supported; fp16 for GPTQ).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from accelerate.utils import convert_file_size_to_int
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from llmkit.errors import BadInput
+from llmkit.hub import locate
+from llmkit.memory import estimate
+
+GIB = 2**30
+
+
+class WontFit(RuntimeError):
+    """The estimate says the model does not fit the free memory; nothing was loaded."""
+
+
+def choose_dtype(config, cuda: bool, bf16_supported: bool) -> tuple[torch.dtype, str]:
+    """The dtype to load with, and why.
+
+    GPTQ checkpoints (Qwen publishes them in fp16) run in fp16 on a GPU: it is what their kernels are
+    tuned for, and ExLlama kernels accept nothing else. Other models use bf16 where the GPU has it (compute
+    capability >= 8.0), else fp16, whose narrow range can overflow. On the CPU the checkpoint's dtype is kept.
+
+    >>> choose_dtype(AutoConfig.for_model("qwen2", dtype="bfloat16"), cuda=True, bf16_supported=False)[0]
+    torch.float16
+    """
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    stored = getattr(torch, stored) if isinstance(stored, str) else stored
+    quant = getattr(config, "quantization_config", None)
+    quant_method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    if not cuda:
+        return stored, "CPU: the checkpoint's own dtype"
+    if str(quant_method).lower().endswith("gptq"):
+        return torch.float16, "GPTQ: its GPU kernels are built for fp16"
+    if bf16_supported:
+        return torch.bfloat16, "the GPU supports bf16"
+    return torch.float16, "no bf16 on this GPU (compute capability < 8.0): fp16 may overflow, watch for '!!!!'"
+
+
+def free_memory_gib(max_memory: dict | None = None) -> tuple[float, str]:
+    """Memory the model may use: free GPU memory summed over visible GPUs (capped by ``max_memory``),
+    or available RAM when there is no GPU. Returns (GiB, what was measured).
+
+    >>> free_memory_gib()[0] > 0
+    True
+    """
+    if torch.cuda.is_available():
+        total = 0.0
+        for index in range(torch.cuda.device_count()):
+            free = torch.cuda.mem_get_info(index)[0] / GIB
+            cap = (max_memory or {}).get(index)
+            total += min(free, convert_file_size_to_int(cap) / GIB) if cap is not None else free
+        return total, f"free memory of {torch.cuda.device_count()} GPU(s)"
+    import psutil
+
+    return psutil.virtual_memory().available / GIB, "available RAM (no GPU)"
+
+
+def check_fits(need_gib: float, model_name: str, max_memory: dict | None = None) -> None:
+    """Raise ``WontFit`` with the numbers and the ways out when ``need_gib`` exceeds what is free.
+
+    >>> check_fits(10**6, "a huge model")
+    Traceback (most recent call last):
+    ...
+    llmkit.loading.WontFit: a huge model needs about 1000000.0 GiB ...
+    """
+    free, where = free_memory_gib(max_memory)
+    if need_gib > free:
+        raise WontFit(
+            f"{model_name} needs about {need_gib:.1f} GiB but the {where} is {free:.1f} GiB. Nothing was loaded. "
+            "Options: a GPTQ-Int4 checkpoint or llmkit.quantize; more GPUs (device_map='auto' splits the layers); "
+            "max_memory={0: '20GiB', 'cpu': '64GiB'} to offload layers to RAM (slow); or load(..., force=True) to try anyway."
+        )
+
+
+def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", max_memory: dict | None = None,
+         context: int = 4096, force: bool = False, trust_remote_code: bool = False, revision: str | None = None):
+    """Locate, estimate, check and load a causal LM: returns ``(model, tokenizer)``.
+
+    ``quant`` is passed to the estimate (a GPTQ checkpoint's own quantization is the default); loading
+    itself goes through transformers (GPTQ via optimum + gptqmodel). ``trust_remote_code`` is never implied:
+    turning it on runs Python code from the model repository, so it requires a pinned ``revision``.
+
+    >>> model, tokenizer = load(llmkit.pick_model("Qwen/Qwen2-7B-Instruct"))  # doctest: +SKIP
+    """
+    if trust_remote_code:
+        if not revision:
+            raise BadInput("trust_remote_code=True runs code from the model repository: pin it with revision='<commit>'")
+        warnings.warn(f"trust_remote_code=True: running the repository's own Python code at revision {revision}")
+    path = Path(locate(model).path)
+    need = estimate(str(path), quant=quant, context=context)
+    if not force:
+        check_fits(need["total_gib"], model, max_memory)
+    cuda = torch.cuda.is_available()
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if dtype == "auto":
+        dtype, _reason = choose_dtype(config, cuda, cuda and torch.cuda.is_bf16_supported())
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, device_map=device_map if cuda else None, max_memory=max_memory if cuda else None,
+        trust_remote_code=trust_remote_code,
+    )
+    return loaded, tokenizer

@@ -1,0 +1,72 @@
+import pytest
+import torch
+from transformers import AutoConfig
+
+import llmkit
+from llmkit import loading
+from llmkit.errors import BadInput
+from llmkit.hub import ModelNotFound
+from llmkit.standins.qwen2_chat import greedy_answer
+
+
+@pytest.fixture
+def model_dir_with_qwen(tmp_path, monkeypatch, chat_dir):
+    """$LLMKIT_MODEL_DIR/Qwen/Qwen2-7B-Instruct holds the stand-in, as a learner's ./models would."""
+    (tmp_path / "Qwen").mkdir()
+    (tmp_path / "Qwen" / "Qwen2-7B-Instruct").symlink_to(chat_dir, target_is_directory=True)
+    monkeypatch.setenv("LLMKIT_MODEL_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_load_resolves_a_model_id_through_locate(model_dir_with_qwen):
+    model, tokenizer = llmkit.load("Qwen/Qwen2-7B-Instruct")
+    assert model.dtype == torch.bfloat16 and not getattr(model.config, "trust_remote_code", False)
+    assert greedy_answer(model, tokenizer, [{"role": "user", "content": "你好"}]) == "你好！我是 llmkit 的小测试模型。"
+
+
+def test_load_gptq_goes_through_gptqmodel(gptq_dir):
+    model, tokenizer = llmkit.load(str(gptq_dir))
+    assert type(model.model.layers[0].self_attn.q_proj).__module__.startswith("gptqmodel.")
+    assert greedy_answer(model, tokenizer, [{"role": "user", "content": "Hello"}]) == "Hello! I am the tiny llmkit test model."
+
+
+def test_missing_model_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
+    with pytest.raises(ModelNotFound, match="llmkit download Org/NotThere"):
+        llmkit.load("Org/NotThere")
+
+
+def test_refuses_before_loading_when_it_will_not_fit(chat_dir, monkeypatch):
+    monkeypatch.setattr(loading, "free_memory_gib", lambda max_memory=None: (0.01, "free memory of 1 GPU(s)"))
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("from_pretrained must not run when the model will not fit"))
+    with pytest.raises(loading.WontFit, match=r"needs about .* GiB but the free memory of 1 GPU\(s\) is 0.0 GiB"):
+        loading.load(str(chat_dir))
+
+
+def test_force_loads_anyway(chat_dir, monkeypatch):
+    monkeypatch.setattr(loading, "free_memory_gib", lambda max_memory=None: (0.01, "free memory of 1 GPU(s)"))
+    model, _ = loading.load(str(chat_dir), force=True)
+    assert model.config.model_type == "qwen2"
+
+
+def test_trust_remote_code_needs_a_pinned_revision(chat_dir):
+    with pytest.raises(BadInput, match="pin it with revision"):
+        loading.load(str(chat_dir), trust_remote_code=True)
+    with pytest.warns(UserWarning, match="running the repository's own Python code"):
+        loading.load(str(chat_dir), trust_remote_code=True, revision="abc123")
+
+
+@pytest.mark.parametrize("dtype, quant, cuda, bf16, expected", [
+    ("bfloat16", None, True, True, torch.bfloat16),
+    ("bfloat16", None, True, False, torch.float16),       # pre-Ampere GPU
+    ("float16", {"quant_method": "gptq", "bits": 4}, True, True, torch.float16),  # GPTQ kernels want fp16
+    ("bfloat16", None, False, False, torch.bfloat16),     # CPU keeps the checkpoint dtype
+])
+def test_choose_dtype(dtype, quant, cuda, bf16, expected):
+    config = AutoConfig.for_model("qwen2", dtype=dtype)
+    if quant:
+        config.quantization_config = quant
+    assert loading.choose_dtype(config, cuda=cuda, bf16_supported=bf16)[0] == expected
