@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fakehub import COMMIT, FakeHub
+from llmkit.fakehub import COMMIT, FakeHub
 from llmkit import hub
 from llmkit.cli import main
 from llmkit.errors import BadInput

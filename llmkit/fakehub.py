@@ -1,4 +1,5 @@
-"""A tiny Hugging Face Hub on 127.0.0.1 serving one model repo from memory, for ``snapshot_download`` tests.
+"""A tiny Hugging Face Hub on 127.0.0.1 serving one model repo, for tests and for notebook 01's offline demo
+of ``HF_ENDPOINT`` (the variable that points huggingface_hub at a mirror).
 
 It answers the calls huggingface_hub 2.4's ``snapshot_download`` makes:
 
@@ -19,6 +20,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -26,7 +28,23 @@ LFS_SUFFIXES = (".safetensors", ".bin")
 
 
 class FakeHub:
-    """Serve ``files`` as the ``main`` branch (commit ``COMMIT``) of ``repo_id``; records every request."""
+    """Serve ``files`` as the ``main`` branch (commit ``COMMIT``) of ``repo_id``; records every request.
+
+    >>> with FakeHub("Org/Tiny", {"config.json": b"{}"}) as hub:
+    ...     hub.url.startswith("http://127.0.0.1:")
+    True
+    """
+
+    @classmethod
+    def from_folder(cls, repo_id: str, folder, lifetime_s: float = 600) -> "FakeHub":
+        """Serve every file of a local model folder (e.g. a stand-in) as ``repo_id``.
+
+        >>> FakeHub.from_folder("Org/Tiny", Path(__file__).parent / "standins").files["qa_pairs.json"][:1]
+        b'['
+        """
+        root = Path(folder)
+        files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        return cls(repo_id, files, lifetime_s)
 
     def __init__(self, repo_id: str, files: dict[str, bytes], lifetime_s: float = 120):
         self.repo_id, self.files, self.commit = repo_id, files, COMMIT
