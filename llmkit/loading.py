@@ -2,7 +2,7 @@
 
 It adds three things to ``AutoModelForCausalLM.from_pretrained``: the model is resolved with
 ``llmkit.hub.locate`` (no hard-coded snapshot paths), the memory estimate is compared with what is free
-*before* anything is loaded, and the dtype is chosen for the GPU (bf16 where supported; fp16 for GPTQ).
+*before* anything is loaded, and the dtype is chosen for the GPU (bf16 where supported, fp16 otherwise).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ class WontFit(RuntimeError):
 def choose_dtype(config, cuda: bool, bf16_supported: bool) -> tuple[torch.dtype, str]:
     """The dtype to load with, and why.
 
-    GPTQ checkpoints (Qwen publishes them in fp16) run in fp16 on a GPU: it is what their kernels are
-    tuned for, and ExLlama kernels accept nothing else. Other models use bf16 where the GPU has it (compute
-    capability >= 8.0), else fp16, whose narrow range can overflow. On the CPU the checkpoint's dtype is kept.
+    bf16 wherever the GPU has it (compute capability >= 8.0), GPTQ included: gptqmodel's Marlin kernel runs
+    bf16, and fp16's narrow range can overflow in large models (NaN logits decode as "!!!!"). Without bf16,
+    fp16 (GPTQ's ExLlama kernels accept nothing else). On the CPU the checkpoint's own dtype is kept.
 
     >>> choose_dtype(AutoConfig.for_model("qwen2", dtype="bfloat16"), cuda=True, bf16_supported=False)[0]
     torch.float16
@@ -41,10 +41,8 @@ def choose_dtype(config, cuda: bool, bf16_supported: bool) -> tuple[torch.dtype,
     quant_method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
     if not cuda:
         return stored, "CPU: the checkpoint's own dtype"
-    if str(quant_method).lower().endswith("gptq"):
-        return torch.float16, "GPTQ: its GPU kernels are built for fp16"
     if bf16_supported:
-        return torch.bfloat16, "the GPU supports bf16"
+        return torch.bfloat16, "the GPU supports bf16" + (" (GPTQ: Marlin's bf16 kernel)" if quant_method else "")
     return torch.float16, "no bf16 on this GPU (compute capability < 8.0): fp16 may overflow, watch for '!!!!'"
 
 

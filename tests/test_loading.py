@@ -62,7 +62,8 @@ def test_trust_remote_code_needs_a_pinned_revision(chat_dir):
 @pytest.mark.parametrize("dtype, quant, cuda, bf16, expected", [
     ("bfloat16", None, True, True, torch.bfloat16),
     ("bfloat16", None, True, False, torch.float16),       # pre-Ampere GPU
-    ("float16", {"quant_method": "gptq", "bits": 4}, True, True, torch.float16),  # GPTQ kernels want fp16
+    ("float16", {"quant_method": "gptq", "bits": 4}, True, True, torch.bfloat16),  # Marlin runs bf16: no fp16 overflow
+    ("float16", {"quant_method": "gptq", "bits": 4}, True, False, torch.float16),  # pre-Ampere: ExLlama, fp16 only
     ("bfloat16", None, False, False, torch.bfloat16),     # CPU keeps the checkpoint dtype
 ])
 def test_choose_dtype(dtype, quant, cuda, bf16, expected):
