@@ -179,6 +179,10 @@ def check_packages(facts: dict) -> list[Row]:
         rows.append(Row("GPTQ GPU kernel", "n/a (no GPU)", OK, "on a CPU GPTQ runs on gptqmodel's torch kernel: correct but slow"))
     elif str(kernel).startswith("OK"):
         rows.append(Row("GPTQ GPU kernel", "Marlin loads", OK))
+    elif kernel == COULD_NOT_COLLECT:
+        rows.append(Row("GPTQ GPU kernel", "could not check (timed out or crashed)", WARN,
+                        "gptqmodel compiles Marlin on first use (minutes): run python -c "
+                        "\"import gptqmodel.extension as e; print(e.load('marlin'))\" and read its error"))
     else:
         cause = ("gptqmodel cannot be imported: pip install -r requirements.txt" if "ModuleNotFoundError" in str(kernel)
                  else "reinstall gptqmodel for this torch/CUDA (pip install --force-reinstall --no-deps gptqmodel)")

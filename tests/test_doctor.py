@@ -70,6 +70,11 @@ def test_missing_gptq_kernel_warns_with_consequence():
     assert kernel.status == WARN and "slow" in kernel.fix and "reinstall gptqmodel" in kernel.fix
 
 
+def test_kernel_probe_that_timed_out_says_so():
+    kernel = row(run_checks(gpu_facts(gptq_gpu_kernel=env.COULD_NOT_COLLECT)), "GPTQ GPU kernel")
+    assert kernel.status == WARN and "timed out" in kernel.value and "e.load('marlin')" in kernel.fix
+
+
 def test_gptqmodel_import_failure_points_to_requirements():
     # seen on the H100 device machine when gptqmodel's dependency pypcre was missing
     kernel = row(run_checks(gpu_facts(gptq_gpu_kernel="ERROR ModuleNotFoundError: No module named 'pcre'")), "GPTQ GPU kernel")
