@@ -78,6 +78,27 @@ def decode_tokens_per_s(model, tokenizer, new_tokens: int = 256, repeats: int = 
             "tokens_per_s": round(new_tokens / median, 1)}
 
 
+def measure_full_context(model, context: int, total: int, free_before: int) -> dict:
+    """Peak memory of a full-context prefill plus a 64-token decode: the situation the estimate describes.
+
+    ``total`` and ``free_before`` are ``torch.cuda.mem_get_info()`` read before the model was loaded.
+    """
+    prompt = torch.randint(0, 150000, (1, context - 64), device=model.device)
+    start = time.perf_counter()
+    model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=64, min_new_tokens=64, do_sample=False)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    free_after, _ = torch.cuda.mem_get_info()
+    return {
+        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 2),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2),
+        "device_used_gib_incl_cuda_context": round((total - free_after) / GIB, 2),
+        "device_used_before_load_gib": round((total - free_before) / GIB, 2),
+        "device_total_gib": round(total / GIB, 2),
+        "prefill_and_decode_64_s": round(seconds, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="Qwen/Qwen2-7B-Instruct")
@@ -93,17 +114,7 @@ def main() -> None:
     model, tokenizer = llmkit.load(str(path), context=args.context)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
-    # a full-context prefill plus a short decode: the situation the estimate describes
-    prompt = torch.randint(0, 150000, (1, args.context - 64), device=model.device)
-    model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=64, min_new_tokens=64, do_sample=False)
-    torch.cuda.synchronize()
-    free_after, _ = torch.cuda.mem_get_info()
-    measured = {
-        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 2),
-        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2),
-        "device_used_gib_incl_cuda_context": round((total - free_after) / GIB, 2),
-        "device_used_before_load_gib": round((total - free_before) / GIB, 2),
-    }
+    measured = measure_full_context(model, args.context, total, free_before)
     predicted = estimate(str(path), context=args.context)
     decode = decode_tokens_per_s(model, tokenizer)
     limit = bandwidth * 1e9 / weight_bytes
