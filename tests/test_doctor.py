@@ -2,7 +2,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from llmkit import env
 from llmkit.doctor import FAIL, OK, WARN, run_checks, torch_install_command
