@@ -3,19 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
-
-
-def load_chat_model(model_id_or_path: str):
-    """Load model and tokenizer with safe defaults: dtype from the checkpoint, GPU when there is one,
-    never ``trust_remote_code``.
-
-    >>> model, tokenizer = load_chat_model(str(standin_path("qwen2-chat")))  # doctest: +SKIP
-    """
-    device_map = "auto" if torch.cuda.is_available() else None
-    tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)
-    model = AutoModelForCausalLM.from_pretrained(model_id_or_path, dtype="auto", device_map=device_map)
-    return model, tokenizer
+from transformers import TextStreamer
 
 
 def generate_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 256, stream: bool = False, **generate_kwargs) -> str:

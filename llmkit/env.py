@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llmkit.hub import hf_cache_dir
+
 COULD_NOT_COLLECT = "could not collect"
 PACKAGES = [
     "torch", "transformers", "accelerate", "peft", "optimum", "gptqmodel", "auto-gptq", "bitsandbytes",
@@ -156,10 +158,7 @@ def model_dir() -> Path:
     """
     if os.environ.get("LLMKIT_MODEL_DIR"):
         return Path(os.environ["LLMKIT_MODEL_DIR"]).expanduser()
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    hf_home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
-    return hf_home / "hub"
+    return hf_cache_dir()
 
 
 @probe

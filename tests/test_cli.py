@@ -47,3 +47,13 @@ def test_model_without_standin_is_refused_in_standin_mode():
     result = llmkit("chat", "xverse/XVERSE-7B-Chat", "-p", "hi", env={"LLMKIT_STANDIN": "1"})
     assert result.returncode == 2
     assert "no stand-in for 'xverse/XVERSE-7B-Chat'" in result.stderr
+
+
+def test_chat_with_a_model_not_on_disk_says_how_to_download_it(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "llmkit.cli", "chat", "Org/NotDownloaded", "-p", "hi"],
+                            capture_output=True, text=True, cwd=tmp_path,
+                            env={**__import__("os").environ, "LLMKIT_STANDIN": "", "HOME": str(tmp_path),
+                                 "HF_HUB_CACHE": str(tmp_path / "hf"), "MODELSCOPE_CACHE": str(tmp_path / "ms")})
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        "llmkit: error: model 'Org/NotDownloaded' is not on this machine; download it with: llmkit download Org/NotDownloaded"]

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 the command ran and found a failure (doctor FAIL, an incomplete model, a failed
 download); 2 bad input (usage, unknown stand-in or model id, a model without a stand-in in stand-in mode);
-3 model not found on disk (``llmkit locate``).
+3 model not found on disk (any command that needs it; the line says how to download it).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import sys
 
 from llmkit.cli import chat_cmd, doctor_cmd, download_cmd, estimate_cmd, locate_cmd, standin_cmd
 from llmkit.errors import BadInput
+from llmkit.hub import ModelNotFound
 
 COMMANDS = [doctor_cmd, standin_cmd, chat_cmd, estimate_cmd, locate_cmd, download_cmd]
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         data, code = args.run(args)
+    except ModelNotFound as error:
+        if args.debug:
+            raise
+        print(f"llmkit: error: model {error.model!r} is not on this machine; download it with: {error.commands[0]}",
+              file=sys.stderr)
+        return EXIT_NOT_FOUND
     except (BadInput, KeyError, LookupError) as error:
         if args.debug:
             raise

@@ -20,7 +20,8 @@ def register(sub) -> None:
 
 
 def run(args) -> tuple[dict, int]:
-    from llmkit.chat import generate_reply, load_chat_model
+    from llmkit.chat import generate_reply
+    from llmkit.loading import load
 
     if args.model:
         model_ref = pick_model(args.model)
@@ -28,7 +29,7 @@ def run(args) -> tuple[dict, int]:
         model_ref = str(standin_path(DEFAULT_STANDIN))
         print(banner("the default chat model", DEFAULT_STANDIN, model_ref,
                      hint='Name a model for a real answer, e.g. llmkit chat Qwen/Qwen2-7B-Instruct -p "你好".'))
-    model, tokenizer = load_chat_model(model_ref)
+    model, tokenizer = load(model_ref)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}]
     extra = {"do_sample": False} if args.greedy else {}

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
+from llmkit.chat import generate_reply
 from llmkit.standins.tokenizer import ENDOFTEXT, IM_END, build_qwen2_tokenizer
 
 SEED = 0
@@ -144,10 +145,7 @@ def greedy_answer(model, tokenizer: PreTrainedTokenizerBase, messages: list[dict
 
     >>> greedy_answer(model, tokenizer, [{"role": "user", "content": "你好"}])  # doctest: +SKIP
     """
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return generate_reply(model, tokenizer, messages, max_new_tokens=max_new_tokens, do_sample=False)
 
 
 def build_qwen2_chat(out_dir: Path, max_steps: int = 400) -> dict:
