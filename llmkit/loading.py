@@ -82,12 +82,40 @@ def check_fits(need_gib: float, model_name: str, max_memory: dict | None = None)
         )
 
 
+def gptq_backend_config(config, cuda: bool, capability: tuple[int, int] | None, backend: str = "auto"):
+    """The ``quantization_config`` to load a GPTQ checkpoint with (only its kernel choice), or None.
+
+    ``backend="auto"`` asks for gptqmodel's Marlin kernel on GPUs that run it (compute capability >= 8.0).
+    gptqmodel's own auto choice on Hopper (H100/H200) is Machete, whose first use downloads CUTLASS
+    sources: that fails on machines without internet (SCOW compute nodes, measured on the course's H100).
+    Older GPUs and the CPU keep gptqmodel's choice. Any other value is passed through ("machete", "exllama_v2", ...).
+
+    >>> cfg = AutoConfig.for_model("qwen2"); cfg.quantization_config = {"quant_method": "gptq", "bits": 4}
+    >>> gptq_backend_config(cfg, cuda=True, capability=(9, 0)).backend
+    'marlin'
+    >>> gptq_backend_config(cfg, cuda=True, capability=(7, 5)) is None
+    True
+    """
+    quant = getattr(config, "quantization_config", None)
+    quant = quant if isinstance(quant, dict) else quant.to_dict() if quant is not None else {}
+    if quant.get("quant_method") != "gptq":
+        return None
+    if backend == "auto":
+        if not cuda or capability is None or capability < (8, 0):
+            return None
+        backend = "marlin"
+    from transformers import GPTQConfig
+
+    return GPTQConfig(bits=quant["bits"], backend=backend)
+
+
 def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", max_memory: dict | None = None,
-         context: int = 4096, force: bool = False, trust_remote_code: bool = False, revision: str | None = None):
+         context: int = 4096, force: bool = False, trust_remote_code: bool = False, revision: str | None = None,
+         gptq_backend: str = "auto"):
     """Locate, estimate, check and load a causal LM: returns ``(model, tokenizer)``.
 
     ``quant`` is passed to the estimate (a GPTQ checkpoint's own quantization is the default); loading
-    itself goes through transformers (GPTQ via optimum + gptqmodel). ``trust_remote_code`` is never implied:
+    itself goes through transformers (GPTQ via optimum + gptqmodel, kernel from ``gptq_backend_config``). ``trust_remote_code`` is never implied:
     turning it on runs Python code from the model repository, so it requires a pinned ``revision``.
 
     >>> model, tokenizer = load(llmkit.pick_model("Qwen/Qwen2-7B-Instruct"))  # doctest: +SKIP
@@ -105,8 +133,10 @@ def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", 
     if dtype == "auto":
         dtype, _reason = choose_dtype(config, cuda, cuda and torch.cuda.is_bf16_supported())
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    capability = torch.cuda.get_device_capability() if cuda else None
+    gptq = gptq_backend_config(config, cuda, capability, gptq_backend)
     loaded = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, device_map=device_map if cuda else None, max_memory=max_memory if cuda else None,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, **({"quantization_config": gptq} if gptq else {}),
     )
     return loaded, tokenizer

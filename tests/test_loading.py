@@ -71,3 +71,26 @@ def test_choose_dtype(dtype, quant, cuda, bf16, expected):
     if quant:
         config.quantization_config = quant
     assert loading.choose_dtype(config, cuda=cuda, bf16_supported=bf16)[0] == expected
+
+
+@pytest.mark.parametrize("quant, cuda, capability, backend, expected", [
+    ({"quant_method": "gptq", "bits": 4}, True, (9, 0), "auto", "marlin"),  # Hopper: not Machete (downloads CUTLASS)
+    ({"quant_method": "gptq", "bits": 4}, True, (8, 9), "auto", "marlin"),
+    ({"quant_method": "gptq", "bits": 4}, True, (7, 5), "auto", None),      # Turing: gptqmodel's own choice
+    ({"quant_method": "gptq", "bits": 4}, False, None, "auto", None),       # CPU
+    ({"quant_method": "gptq", "bits": 8}, True, (9, 0), "machete", "machete"),
+    (None, True, (9, 0), "auto", None),                                     # not GPTQ
+])
+def test_gptq_backend_config(quant, cuda, capability, backend, expected):
+    config = AutoConfig.for_model("qwen2")
+    if quant:
+        config.quantization_config = quant
+    chosen = loading.gptq_backend_config(config, cuda=cuda, capability=capability, backend=backend)
+    assert (chosen.backend if chosen else None) == expected
+    if chosen:
+        assert chosen.bits == quant["bits"]
+
+
+def test_gptq_backend_reaches_gptqmodel(gptq_dir):
+    model, _ = llmkit.load(str(gptq_dir), gptq_backend="torch")  # the CPU's own choice is TorchAtenLinear
+    assert type(model.model.layers[0].self_attn.q_proj).__name__ == "TorchLinear"
