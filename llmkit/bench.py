@@ -5,6 +5,7 @@ Backends (all plain transformers APIs; the difference is how the decode loop run
 - ``hf-static``: ``generate(cache_implementation="static")``; on a GPU transformers then compiles the forward
   with ``torch.compile`` (CUDA graphs, mode "reduce-overhead").
 - ``hf-cb``: continuous batching, ``model.generate_batch`` (paged KV cache; CUDA graphs on a GPU).
+- ``hf-graph``: ``llmkit.fastdecode.greedy_generate``, a ``StaticCache`` and one CUDA graph per decode step.
 
 Every run produces exactly ``new_tokens`` per prompt (end-of-sequence is ignored), so tokens/s compare.
 """
@@ -21,7 +22,9 @@ import torch
 from transformers import ContinuousBatchingConfig
 from transformers.generation.streamers import BaseStreamer
 
-BACKENDS = ("hf", "hf-static", "hf-cb")
+from llmkit.fastdecode import greedy_generate
+
+BACKENDS = ("hf", "hf-static", "hf-cb", "hf-graph")
 GIB = 2**30
 # Plain greedy decoding for every backend: eos -1 never stops early (fixed output length); no repetition
 # penalty (a Qwen generation_config sets 1.05, which continuous batching does not support and would drop).
@@ -108,7 +111,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _generate_once(model, tokenizer, prompts, new_tokens, backend) -> tuple[list[list[int]], float]:
+def _generate_once(model, tokenizer, prompts, new_tokens, backend) -> tuple[list[list[int]], float, float]:
     batch = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt").to(model.device)
     clock = _FirstTokenClock()
     extra = {"cache_implementation": "static"} if backend == "hf-static" else {}
@@ -116,11 +119,11 @@ def _generate_once(model, tokenizer, prompts, new_tokens, backend) -> tuple[list
     out = model.generate(**batch, **GREEDY, max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id,
                          streamer=clock, **extra)
     _sync(model.device)
-    width = batch["input_ids"].shape[1]
-    return out[:, width:].tolist(), (clock.first or time.perf_counter()) - start
+    seconds = time.perf_counter() - start
+    return out[:, batch["input_ids"].shape[1]:].tolist(), (clock.first or start + seconds) - start, seconds
 
 
-def _continuous_batching_once(model, prompts, new_tokens) -> tuple[list[list[int]], float]:
+def _continuous_batching_once(model, prompts, new_tokens) -> tuple[list[list[int]], float, float]:
     config = copy.deepcopy(model.generation_config)
     config.update(**GREEDY, max_new_tokens=new_tokens)
     cuda = model.device.type == "cuda"
@@ -128,12 +131,25 @@ def _continuous_batching_once(model, prompts, new_tokens) -> tuple[list[list[int
     results = model.generate_batch(prompts, generation_config=config, persistent_manager=True, record_timestamps=True,
                                    continuous_batching_config=ContinuousBatchingConfig(use_cuda_graph=cuda))
     _sync(model.device)
+    seconds = time.perf_counter() - start
     ordered = list(results.values())  # generate_batch returns them in the order of the inputs
     failed = [r.error for r in ordered if r.error] + ["missing results"] * (len(prompts) - len(ordered))
     if failed:  # generate_batch logs errors instead of raising them
         raise RuntimeError(f"continuous batching failed: {failed[0]}")
     first = min(r.timestamps[0] for r in ordered if r.timestamps)
-    return [list(r.generated_tokens) for r in ordered], first - start
+    return [list(r.generated_tokens) for r in ordered], first - start, seconds
+
+
+def _graph_once(model, tokenizer, prompts, new_tokens) -> tuple[list[list[int]], float, float]:
+    batch = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
+    start = time.perf_counter()
+    greedy_generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=1)  # prefill + first token
+    _sync(model.device)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    out = greedy_generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=new_tokens)
+    _sync(model.device)
+    return out.tolist(), first, time.perf_counter() - start
 
 
 def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None = None, new_tokens: int = 128,
@@ -152,6 +168,8 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
         with torch.no_grad(), _quiet_expected_warnings():
             if backend == "hf-cb":
                 return _continuous_batching_once(model, prompts, new_tokens)
+            if backend == "hf-graph":
+                return _graph_once(model, tokenizer, prompts, new_tokens)
             return _generate_once(model, tokenizer, prompts, new_tokens, backend)
 
     cuda = model.device.type == "cuda"
@@ -163,9 +181,8 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
         warm_up_s = time.perf_counter() - start
         runs, firsts = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
-            outputs, first = once()
-            runs.append(time.perf_counter() - start)
+            outputs, first, seconds = once()
+            runs.append(seconds)
             firsts.append(first)
     finally:
         if backend == "hf-cb":
