@@ -5,7 +5,8 @@ Backends (all plain transformers APIs; the difference is how the decode loop run
 - ``hf-static``: ``generate(cache_implementation="static")``; on a GPU transformers then compiles the forward
   with ``torch.compile`` (CUDA graphs, mode "reduce-overhead").
 - ``hf-cb``: continuous batching, ``model.generate_batch`` (paged KV cache; CUDA graphs on a GPU).
-- ``hf-graph``: ``llmkit.fastdecode.greedy_generate``, a ``StaticCache`` and one CUDA graph per decode step.
+- ``hf-graph``: ``llmkit.fastdecode.GraphDecoder``, a ``StaticCache`` and one CUDA graph per decode step,
+  captured in the warm-up and reused; ``hf-graph-compile`` also fuses the small ops with ``torch.compile``.
 
 Every run produces exactly ``new_tokens`` per prompt (end-of-sequence is ignored), so tokens/s compare.
 """
@@ -22,9 +23,9 @@ import torch
 from transformers import ContinuousBatchingConfig
 from transformers.generation.streamers import BaseStreamer
 
-from llmkit.fastdecode import greedy_generate
+from llmkit.fastdecode import GraphDecoder
 
-BACKENDS = ("hf", "hf-static", "hf-cb", "hf-graph")
+BACKENDS = ("hf", "hf-static", "hf-cb", "hf-graph", "hf-graph-compile")
 GIB = 2**30
 # Plain greedy decoding for every backend: eos -1 never stops early (fixed output length); no repetition
 # penalty (a Qwen generation_config sets 1.05, which continuous batching does not support and would drop).
@@ -47,6 +48,7 @@ class BenchResult:
     time_to_first_token_s: float
     peak_memory_gib: float | None
     outputs: list[list[int]] = field(repr=False)
+    details: dict = field(default_factory=dict)  # backend-specific, e.g. GraphDecoder's prefill/capture/decode seconds
 
     def to_dict(self) -> dict:
         """JSON-ready fields, without the generated token ids.
@@ -140,16 +142,12 @@ def _continuous_batching_once(model, prompts, new_tokens) -> tuple[list[list[int
     return [list(r.generated_tokens) for r in ordered], first - start, seconds
 
 
-def _graph_once(model, tokenizer, prompts, new_tokens) -> tuple[list[list[int]], float, float]:
+def _graph_once(decoder, tokenizer, prompts, new_tokens) -> tuple[list[list[int]], float, float]:
     batch = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
     start = time.perf_counter()
-    greedy_generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=1)  # prefill + first token
-    _sync(model.device)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    out = greedy_generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=new_tokens)
-    _sync(model.device)
-    return out.tolist(), first, time.perf_counter() - start
+    out = decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=new_tokens)
+    _sync(decoder.model.device)
+    return out.tolist(), decoder.timings["prefill_s"], time.perf_counter() - start
 
 
 def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None = None, new_tokens: int = 128,
@@ -163,13 +161,17 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     prompts = prompts if prompts is not None else workload(tokenizer)
+    decoder = None
+    if backend.startswith("hf-graph"):
+        decoder = GraphDecoder(model, len(prompts), max(len(p) for p in prompts) + new_tokens,
+                               compile_small_ops=backend == "hf-graph-compile")
 
     def once():
         with torch.no_grad(), _quiet_expected_warnings():
             if backend == "hf-cb":
                 return _continuous_batching_once(model, prompts, new_tokens)
-            if backend == "hf-graph":
-                return _graph_once(model, tokenizer, prompts, new_tokens)
+            if decoder is not None:
+                return _graph_once(decoder, tokenizer, prompts, new_tokens)
             return _generate_once(model, tokenizer, prompts, new_tokens, backend)
 
     cuda = model.device.type == "cuda"
@@ -179,6 +181,7 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
         start = time.perf_counter()
         once()
         warm_up_s = time.perf_counter() - start
+        capture_s = decoder.timings.get("capture_s") if decoder else None
         runs, firsts = [], []
         for _ in range(repeats):
             outputs, first, seconds = once()
@@ -196,4 +199,5 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
         warm_up_s=round(warm_up_s, 2), runs_s=[round(r, 3) for r in runs],
         tokens_per_s=round(len(prompts) * new_tokens / median, 1),
         time_to_first_token_s=round(sorted(firsts)[len(firsts) // 2], 4),
-        peak_memory_gib=round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None, outputs=outputs)
+        peak_memory_gib=round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None, outputs=outputs,
+        details={"graph_decoder_timings_last_run": decoder.timings, "capture_s": capture_s} if decoder else {})

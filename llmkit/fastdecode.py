@@ -14,6 +14,8 @@ On the CPU (no graphs) the same steps run eagerly, which is how CI checks the to
 
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import StaticCache
 
@@ -31,65 +33,132 @@ def _prefill_mask(attention_mask: torch.Tensor, max_len: int) -> torch.Tensor:
     return mask[:, None]
 
 
-@torch.no_grad()
+class GraphDecoder:
+    """Greedy decoding of a fixed batch size and length budget, reusing one captured decode step across calls.
+
+    ``max_len`` bounds prompt + new tokens. The first ``generate`` captures the step (on CUDA); later calls of
+    the same batch size reuse it, as a server would. ``timings`` holds the last call's prefill / capture / decode
+    seconds. ``compile_small_ops=True`` additionally runs the step through ``torch.compile`` with the quantized
+    linear layers left out (their custom kernels cannot be traced): norms, rotary and residual adds fuse.
+
+    >>> decoder = GraphDecoder(model, batch_size=1, max_len=128)  # doctest: +SKIP
+    >>> decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=8).shape  # doctest: +SKIP
+    torch.Size([1, 8])
+    """
+
+    def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool | None = None,
+                 compile_small_ops: bool = False):
+        self.model, self.batch_size, self.max_len = model, batch_size, max_len
+        self.cuda_graph = model.device.type == "cuda" if cuda_graph is None else cuda_graph
+        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        device = model.device
+        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.step_mask = torch.zeros(batch_size, 1, 1, max_len, dtype=torch.bool, device=device)
+        self.forward = _compile_leaving_out_quantized(model) if compile_small_ops else model
+        self.graph, self.graph_next, self.timings = None, None, {}
+
+    def _step(self) -> torch.Tensor:
+        out = self.forward(input_ids=self.token, position_ids=self.position,
+                           attention_mask={"full_attention": self.step_mask}, past_key_values=self.cache,
+                           use_cache=True, logits_to_keep=1).logits
+        return out[:, -1].argmax(-1, keepdim=True)
+
+    def _capture(self) -> None:
+        lengths = [layer.cumulative_length.clone() for layer in self.cache.layers]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the graph (lazy initialisations, autotuning, compilation)
+                self._step()
+                for layer, length in zip(self.cache.layers, lengths):
+                    layer.cumulative_length.copy_(length)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.graph_next = self._step()
+
+    def _clock(self, name: str, start: float) -> float:
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.timings[name] = round(now - start, 4)
+        return now
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 max_new_tokens: int = 128) -> torch.Tensor:
+        """Exactly ``max_new_tokens`` greedy tokens per row ([batch, max_new_tokens]); prompts left-padded."""
+        device = self.model.device
+        input_ids = input_ids.to(device)
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+        batch, prompt = input_ids.shape
+        if batch != self.batch_size or prompt + max_new_tokens > self.max_len:
+            raise ValueError(f"this decoder holds {self.batch_size} rows of at most {self.max_len} tokens; got {batch} "
+                             f"rows of {prompt} + {max_new_tokens}: make a GraphDecoder of that size")
+        start = time.perf_counter()
+        self.cache.reset()
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # real tokens only, as generate counts
+        mask = _prefill_mask(attention_mask, self.max_len)
+        logits = self.model(input_ids=input_ids, position_ids=positions, attention_mask={"full_attention": mask},
+                            past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits
+        self.token.copy_(logits[:, -1].argmax(-1, keepdim=True))
+        self.position.copy_(positions[:, -1:] + 1)
+        self.step_mask.copy_(mask[:, :, -1:])
+        self.step_mask[..., prompt] = True
+        start = self._clock("prefill_s", start)
+        if self.cuda_graph and self.graph is None and max_new_tokens > 1:
+            self._capture()
+            start = self._clock("capture_s", start)
+        generated = [self.token.clone()]
+        for index in range(1, max_new_tokens):
+            if self.graph is not None:
+                self.graph.replay()
+                next_token = self.graph_next
+            else:
+                next_token = self._step()
+            generated.append(next_token.clone())
+            self.token.copy_(next_token)
+            self.position += 1
+            self.step_mask[..., prompt + index] = True
+        self._clock("decode_s", start)
+        return torch.cat(generated, dim=1)
+
+
+_QUANTIZED: list = []  # gptqmodel layers behind the opaque op below, by index
+
+
+@torch.library.custom_op("llmkit::quantized_linear", mutates_args=())
+def _quantized_linear(x: torch.Tensor, index: int) -> torch.Tensor:
+    return _QUANTIZED[index].llmkit_eager_forward(x)
+
+
+@_quantized_linear.register_fake
+def _quantized_linear_shape(x: torch.Tensor, index: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], _QUANTIZED[index].out_features)
+
+
+def _compile_leaving_out_quantized(model):
+    """``torch.compile`` of the model with each gptqmodel layer behind an opaque custom op (run eagerly inside):
+    the rest traces as one graph, so inductor can fuse norms, rotary and residual adds between the GEMMs."""
+    for module in model.modules():
+        if type(module).__module__.startswith("gptqmodel.") and not hasattr(module, "llmkit_eager_forward"):
+            module.llmkit_eager_forward = module.forward
+            module.forward = lambda x, index=len(_QUANTIZED): _quantized_linear(x, index)
+            _QUANTIZED.append(module)
+    return torch.compile(model)
+
+
 def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     max_new_tokens: int = 128, cuda_graph: bool | None = None) -> torch.Tensor:
     """Exactly ``max_new_tokens`` greedy tokens per row ([batch, max_new_tokens]); prompts left-padded.
 
-    ``cuda_graph`` defaults to True on CUDA: the decode step is captured once and replayed per token.
+    A one-off ``GraphDecoder`` (captures, decodes, is dropped); keep a ``GraphDecoder`` to reuse the capture.
     End-of-sequence does not stop it (fixed length, as benchmarks need); cut the rows at EOS afterwards.
 
     >>> batch = tokenizer(["你好"], return_tensors="pt")  # doctest: +SKIP
     >>> greedy_generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=8).shape  # doctest: +SKIP
     torch.Size([1, 8])
     """
-    device = model.device
-    input_ids = input_ids.to(device)
-    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
-    batch, prompt = input_ids.shape
-    max_len = prompt + max_new_tokens
-    cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
-    cache = StaticCache(config=model.config, max_cache_len=max_len)
-
-    # Prefill, eagerly: positions count real tokens only (as generate does for left padding).
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    mask = _prefill_mask(attention_mask, max_len)
-    logits = model(input_ids=input_ids, position_ids=positions, attention_mask={"full_attention": mask},
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-    # Static buffers the decode step reads and writes (fixed addresses, as a CUDA graph requires).
-    token = logits[:, -1].argmax(-1, keepdim=True)
-    position = positions[:, -1:] + 1
-    step_mask = mask[:, :, -1:].clone()  # [batch, 1, 1, max_len]: what the next token may attend to
-    step_mask[..., prompt] = True
-
-    def step():
-        out = model(input_ids=token, position_ids=position, attention_mask={"full_attention": step_mask},
-                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-        return out[:, -1].argmax(-1, keepdim=True)
-
-    replay = step
-    if cuda_graph and max_new_tokens > 1:
-        lengths = [layer.cumulative_length.clone() for layer in cache.layers]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step()  # warm-up outside the graph (lazy initialisations, kernel autotuning)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            graph_next = step()
-        for layer, length in zip(cache.layers, lengths):  # undo the warm-up step's cache write position
-            layer.cumulative_length.copy_(length)
-
-        def replay():
-            graph.replay()
-            return graph_next
-
-    generated = [token.clone()]
-    for index in range(1, max_new_tokens):
-        next_token = replay()
-        generated.append(next_token.clone())
-        token.copy_(next_token)
-        position += 1
-        step_mask[..., prompt + index] = True
-    return torch.cat(generated, dim=1)
+    decoder = GraphDecoder(model, input_ids.shape[0], input_ids.shape[1] + max_new_tokens, cuda_graph)
+    return decoder.generate(input_ids, attention_mask, max_new_tokens)
