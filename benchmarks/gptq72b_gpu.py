@@ -10,7 +10,7 @@ Steps (each a sub-command, so the Marlin JIT build can run beside the checkpoint
     python benchmarks/gptq72b_gpu.py write --dir /tmp/q72     # ~41.6 GB on disk
     python benchmarks/gptq72b_gpu.py prebuild                 # JIT-compile gptqmodel's Marlin kernels (fp16 + bf16)
     python benchmarks/gptq72b_gpu.py bench --dir /tmp/q72     # writes $OUT/load_gptq72b.json
-    python benchmarks/gptq72b_gpu.py static --dir /tmp/q72    # experiment: static KV cache + compiled decode
+Faster decoding (CUDA graphs) is measured by benchmarks/decode_fast_gpu.py.
 Needs optimum + gptqmodel (and pypcre): see benchmarks/GPU_NOTES.md.
 """
 
@@ -237,20 +237,9 @@ def bench(path: Path, context: int) -> dict:
     }
 
 
-def decode_static(path: Path, context: int) -> dict:
-    """Experiment, not llmkit's default path: the same batch-1 decode with transformers' static KV cache,
-    which makes generate() compile the forward (torch.compile, CUDA graphs) to cut per-token launch overhead."""
-    import llmkit
-
-    model, tokenizer = llmkit.load(str(path), context=context)
-    model.generation_config.cache_implementation = "static"
-    decode = decode_tokens_per_s(model, tokenizer)
-    return {"cache_implementation": "static", "kernel": type(model.model.layers[0].self_attn.q_proj).__name__, **decode}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("step", choices=["write", "prebuild", "bench", "static"])
+    parser.add_argument("step", choices=["write", "prebuild", "bench"])
     parser.add_argument("--ext", default="marlin", help="prebuild: gptqmodel extension name")
     parser.add_argument("--dir", default="/tmp/random-qwen2-72b-gptq")
     parser.add_argument("--context", type=int, default=4096)
@@ -262,11 +251,6 @@ def main() -> None:
         return
     if args.step == "prebuild":
         print(json.dumps(prebuild_marlin(args.ext)), flush=True)
-        return
-    if args.step == "static":
-        result = decode_static(Path(args.dir), args.context)
-        (Path(os.environ.get("OUT", "/tmp")) / "decode_static.json").write_text(json.dumps(result, indent=2))
-        print(json.dumps(result), flush=True)
         return
     result = bench(Path(args.dir), args.context)
     out = Path(os.environ.get("OUT", Path(__file__).parent / "results")) / "load_gptq72b.json"  # kept as load_gptq72b_<gpu>.json
