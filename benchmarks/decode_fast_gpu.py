@@ -44,7 +44,7 @@ def write(model: str, path: Path) -> dict:
     return {"write_s": round(time.perf_counter() - start, 1)}
 
 
-def run(model: str, path: Path, backend: str, batch1_tokens: int, with_workload: bool) -> dict:
+def run(model: str, path: Path, backend: str, batch1_tokens: int, with_workload: bool, compile_mode: str) -> dict:
     cuda = torch.cuda.is_available()
     bandwidth = copy_bandwidth_gbs() if cuda else None
     start = time.perf_counter()
@@ -57,7 +57,7 @@ def run(model: str, path: Path, backend: str, batch1_tokens: int, with_workload:
               "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
                            "llmkit": llmkit.__version__, "python": platform.python_version()},
               "kernel": type(loaded.model.layers[0].self_attn.q_proj).__name__, "dtype": str(loaded.dtype),
-              "load_s": round(load_s, 1)}
+              "load_s": round(load_s, 1), "compile_mode": compile_mode}
     if cuda:
         result["copy_bandwidth_gb_s"] = round(bandwidth, 1)
         result["bytes_per_step"] = sizes["total_bytes"]
@@ -67,7 +67,7 @@ def run(model: str, path: Path, backend: str, batch1_tokens: int, with_workload:
         runs["workload_25x64_128"] = (workload(tokenizer, 25, 64), 128)
     for name, (prompts, new_tokens) in runs.items():
         try:
-            measured = bench(loaded, tokenizer, backend, prompts, new_tokens=new_tokens).to_dict()
+            measured = bench(loaded, tokenizer, backend, prompts, new_tokens=new_tokens, compile_mode=compile_mode).to_dict()
         except Exception as error:  # recorded in the JSON: a backend that fails on this machine is a result too
             measured = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-3000:]}
         if cuda and "tokens_per_s" in measured:
@@ -83,7 +83,8 @@ def merge(into: Path, parts: list[Path]) -> None:
     merged = json.loads(into.read_text()) if into.exists() else {}
     for part in parts:
         data = json.loads(part.read_text())
-        merged.setdefault(data["model"], {})[data["backend"]] = data
+        key = data["backend"] if data.get("run", "first start") == "first start" else f"{data['backend']} ({data['run']})"
+        merged.setdefault(data["model"], {})[key] = data
     into.write_text(json.dumps(merged, indent=2, ensure_ascii=False))
 
 
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--workload", action="store_true", help="also the 25 prompts x 64 tokens in, 128 out workload")
     parser.add_argument("--standin", action="store_true", help="CPU smoke test on the stand-in instead of --dir")
     parser.add_argument("--into", type=Path)
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode for hf-graph-compile")
+    parser.add_argument("--tag", default="", help="suffix of the output file and key, e.g. 'second-start'")
     args = parser.parse_intermixed_args()
     if args.step == "merge":
         merge(args.into, args.parts)
@@ -110,8 +113,10 @@ def main() -> None:
         print(json.dumps(write(args.model, args.dir)), flush=True)
         if args.step == "write":
             return
-    result = run(args.model, args.dir, args.backend, args.batch1_tokens, args.workload)
-    out = Path(os.environ.get("OUT", "/tmp")) / f"decode_{args.model}_{args.backend}.json"
+    result = run(args.model, args.dir, args.backend, args.batch1_tokens, args.workload, args.compile_mode)
+    result["run"] = args.tag or "first start"
+    name = f"{args.backend}-{args.tag}" if args.tag else args.backend
+    out = Path(os.environ.get("OUT", "/tmp")) / f"decode_{args.model}_{name}.json"
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
 
 

@@ -39,7 +39,8 @@ class GraphDecoder:
     ``max_len`` bounds prompt + new tokens. The first ``generate`` captures the step (on CUDA); later calls of
     the same batch size reuse it, as a server would. ``timings`` holds the last call's prefill / capture / decode
     seconds. ``compile_small_ops=True`` additionally runs the step through ``torch.compile`` with the quantized
-    linear layers left out (their custom kernels cannot be traced): norms, rotary and residual adds fuse.
+    linear layers left out (their custom kernels cannot be traced): norms, rotary and residual adds fuse;
+    ``compile_mode`` is passed to ``torch.compile`` ("max-autotune-no-cudagraphs" also tunes the matrix products).
 
     >>> decoder = GraphDecoder(model, batch_size=1, max_len=128)  # doctest: +SKIP
     >>> decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=8).shape  # doctest: +SKIP
@@ -47,7 +48,7 @@ class GraphDecoder:
     """
 
     def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool | None = None,
-                 compile_small_ops: bool = False):
+                 compile_small_ops: bool = False, compile_mode: str = "default"):
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
         self.cuda_graph = model.device.type == "cuda" if cuda_graph is None else cuda_graph
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
@@ -55,7 +56,7 @@ class GraphDecoder:
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.step_mask = torch.zeros(batch_size, 1, 1, max_len, dtype=torch.bool, device=device)
-        self.forward = _compile_leaving_out_quantized(model) if compile_small_ops else model
+        self.forward = _compile_leaving_out_quantized(model, compile_mode) if compile_small_ops else model
         self.graph, self.graph_next, self.timings = None, None, {}
 
     def _step(self) -> torch.Tensor:
@@ -138,7 +139,7 @@ def _quantized_linear_shape(x: torch.Tensor, index: int) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], _QUANTIZED[index].out_features)
 
 
-def _compile_leaving_out_quantized(model):
+def _compile_leaving_out_quantized(model, mode: str):
     """``torch.compile`` of the model with each gptqmodel layer behind an opaque custom op (run eagerly inside):
     the rest traces as one graph, so inductor can fuse norms, rotary and residual adds between the GEMMs."""
     for module in model.modules():
@@ -146,7 +147,7 @@ def _compile_leaving_out_quantized(model):
             module.llmkit_eager_forward = module.forward
             module.forward = lambda x, index=len(_QUANTIZED): _quantized_linear(x, index)
             _QUANTIZED.append(module)
-    return torch.compile(model)
+    return torch.compile(model, mode=mode)
 
 
 def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -57,3 +57,67 @@ def test_chat_with_a_model_not_on_disk_says_how_to_download_it(tmp_path):
     assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
         "llmkit: error: model 'Org/NotDownloaded' is not on this machine; download it with: llmkit download Org/NotDownloaded"]
+
+
+def chat_session(stdin, *args, env=None):
+    """``llmkit chat --greedy ARGS`` with ``stdin`` typed in; returns the result and the answers, one per prompt."""
+    import os
+
+    result = subprocess.run([sys.executable, "-m", "llmkit.cli", "chat", "--greedy", *args], input=stdin,
+                            capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return result, [answer.strip() for answer in result.stdout.split("你 / you> ")[1:]]
+
+
+def test_interactive_chat_remembers_until_reset_and_exits_0(chat_dir):
+    result, answers = chat_session("我叫小明。\n\n我叫什么名字？\n/reset\n我叫什么名字？\n/exit\nHello\n")
+    assert result.returncode == 0, result.stderr
+    assert "STAND-IN MODE" in result.stdout and "/reset" in result.stdout.split("你 / you> ")[0]
+    assert answers == ["你好，小明！", "", "你叫小明。", "(conversation forgotten)", "我还不知道你的名字。", ""]
+
+
+def test_interactive_system_command_sets_the_prompt_and_forgets(chat_dir):
+    # The stand-in learnt its answers under the template's default system prompt; under another one it rambles.
+    result, answers = chat_session("我叫小明。\n/system You are a helpful assistant.\n我叫什么名字？\n"
+                                   "/system Be brief.\nHello\n/quit\n")
+    assert result.returncode == 0, result.stderr
+    assert answers[:4] == ["你好，小明！", "(new system prompt; conversation forgotten)", "我还不知道你的名字。",
+                           "(new system prompt; conversation forgotten)"]
+    assert answers[4] != "Hello! I am the tiny llmkit test model."
+
+
+def test_interactive_message_too_long_is_reported_and_the_chat_goes_on_until_eof(chat_dir):
+    result, answers = chat_session("Hello\n\n", "Qwen/Qwen2-7B-Instruct", "--max-new-tokens", "40000",
+                                   env={"LLMKIT_STANDIN": "1"})
+    assert result.returncode == 0
+    assert answers == ["", "", ""]  # no answer, the empty line, then end of input
+    assert result.stderr.strip().splitlines()[-1].startswith("llmkit: error: the message needs ")
+    assert "context budget of 32768 tokens; shorten it or raise max_context_tokens" in result.stderr
+
+
+def test_interactive_chat_ends_at_ctrl_c_with_exit_0(chat_dir, monkeypatch, capsys):
+    from llmkit.cli import main
+
+    lines = iter(["My name is Alice."])
+
+    def typed(prompt):
+        print(prompt, end="")
+        try:
+            return next(lines)
+        except StopIteration:
+            raise KeyboardInterrupt from None
+
+    monkeypatch.setattr("builtins.input", typed)
+    assert main(["chat", "--greedy"]) == 0
+    assert "you> Nice to meet you, Alice!\n你 / you> \n" in capsys.readouterr().out
+
+
+def test_one_shot_chat_honours_max_new_tokens():
+    result = llmkit("chat", "-p", "What is LoRA?", "--greedy", "--max-new-tokens", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "LoRA trains"
+
+
+def test_json_needs_a_prompt():
+    result = llmkit("chat", "--json")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["llmkit: error: --json needs -p PROMPT (the interactive chat prints text)"]

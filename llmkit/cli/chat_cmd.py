@@ -1,27 +1,40 @@
-"""``llmkit chat [MODEL] -p PROMPT``: one-shot chat; with no MODEL the qwen2-chat stand-in answers."""
+"""``llmkit chat [MODEL]``: an interactive chat that remembers the conversation, or one answer with ``-p PROMPT``.
+
+With no MODEL the qwen2-chat stand-in answers. In the interactive loop: ``/reset`` forgets the conversation,
+``/system TEXT`` sets a new system prompt (and forgets), ``/exit``, ``/quit``, Ctrl-D or Ctrl-C end it.
+"""
 
 from __future__ import annotations
 
+import sys
+
+from llmkit.errors import BadInput
 from llmkit.pick import banner, pick_model
 from llmkit.standins import standin_path
 
 DEFAULT_STANDIN = "qwen2-chat"
+PROMPT = "你 / you> "
+COMMANDS_HELP = "commands: /reset (forget the conversation), /system TEXT (new system prompt), /exit (or Ctrl-D)"
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("chat", help="ask a chat model one question")
+    parser = sub.add_parser("chat", help="chat with a model (interactive, or one question with -p)",
+                            description="Chat with a chat-template model. Without -p: an interactive loop that "
+                                        "remembers the conversation. " + COMMANDS_HELP + ".")
     parser.add_argument("model", nargs="?", help="model id or path (default: the embedded qwen2-chat stand-in)")
-    parser.add_argument("-p", "--prompt", required=True, help="the question")
+    parser.add_argument("-p", "--prompt", help="ask this one question and exit (default: interactive chat)")
     parser.add_argument("--system", help="system prompt (default: the model's chat template default)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="longest reply in tokens (default: 512)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling settings")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--json", action="store_true", help="print JSON (with -p only)")
     parser.set_defaults(run=run, render=render)
 
 
 def run(args) -> tuple[dict, int]:
-    from llmkit.chat import generate_reply
+    if args.json and args.prompt is None:
+        raise BadInput("--json needs -p PROMPT (the interactive chat prints text)")
     from llmkit.loading import load
+    from llmkit.session import ChatSession
 
     if args.model:
         model_ref = pick_model(args.model)
@@ -30,11 +43,60 @@ def run(args) -> tuple[dict, int]:
         print(banner("the default chat model", DEFAULT_STANDIN, model_ref,
                      hint='Name a model for a real answer, e.g. llmkit chat Qwen/Qwen2-7B-Instruct -p "你好".'))
     model, tokenizer = load(model_ref)
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": args.prompt}]
-    extra = {"do_sample": False} if args.greedy else {}
-    reply = generate_reply(model, tokenizer, messages, max_new_tokens=args.max_new_tokens, stream=not args.json, **extra)
+    session = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
+                          **({"do_sample": False} if args.greedy else {}))
+    if args.prompt is None:
+        return {"model": model_ref, "turns": interact(session)}, 0
+    reply = session.ask(args.prompt, on_token=None if args.json else print_piece)
+    if not args.json:
+        print()
     return {"model": model_ref, "prompt": args.prompt, "reply": reply}, 0
+
+
+def print_piece(text: str) -> None:
+    """Print one streamed piece of a reply as it arrives.
+
+    >>> print_piece("你好")
+    你好
+    """
+    print(text, end="", flush=True)
+
+
+def interact(session) -> int:
+    """Read lines from stdin and answer each with ``session`` (streamed) until /exit, EOF or Ctrl-C; returns the
+    number of questions answered. A message that does not fit the context is reported and the loop goes on.
+
+    >>> interact(ChatSession(model, tokenizer))  # doctest: +SKIP
+    commands: /reset (forget the conversation), ...
+    你 / you> 我叫小明。
+    你好，小明！
+    你 / you> /exit
+    1
+    """
+    print(COMMANDS_HELP)
+    turns = 0
+    try:
+        while (line := input(PROMPT).strip()) not in ("/exit", "/quit"):
+            if line == "/reset":
+                session.reset()
+                print("(conversation forgotten)")
+            elif line == "/system" or line.startswith("/system "):
+                session.system = line.removeprefix("/system").strip() or None
+                session.reset()
+                print("(new system prompt; conversation forgotten)")
+            elif line.startswith("/"):
+                print(COMMANDS_HELP)
+            elif line:
+                try:
+                    session.ask(line, on_token=print_piece)
+                except BadInput as error:
+                    print(f"llmkit: error: {error}", file=sys.stderr)
+                    continue
+                print()
+                turns += 1
+    except (EOFError, KeyboardInterrupt):
+        print()
+    return turns
 
 
 def render(data: dict) -> None:

@@ -1,0 +1,120 @@
+"""``llmkit bench [MODEL]``: generation speed of transformers backends on the seed's workload (25 prompts,
+64 tokens in, 128 out), with warm-up, tokens/s, time to first token and peak memory; JSON and a chart."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from pathlib import Path
+
+from llmkit.bench import ALL_BACKENDS
+from llmkit.cli.table import print_table
+from llmkit.errors import BadInput
+from llmkit.pick import banner, pick_model
+from llmkit.standins import standin_path
+
+DEFAULT_STANDIN = "qwen2-chat"
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("bench", help="measure generation speed (tokens/s, first-token time, memory) per backend")
+    parser.add_argument("model", nargs="?", help="model id or path (default: the embedded qwen2-chat stand-in)")
+    parser.add_argument("--backend", nargs="+", default=["hf", "hf-fast"], choices=ALL_BACKENDS, metavar="BACKEND",
+                        help=f"one or more of {', '.join(ALL_BACKENDS)} (default: hf hf-fast)")
+    parser.add_argument("--prompts", type=int, default=25, help="number of prompts, generated together (default 25)")
+    parser.add_argument("--input-len", type=int, default=64, help="tokens per prompt (default 64)")
+    parser.add_argument("--output-len", type=int, default=128, help="new tokens per prompt, fixed (default 128)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up; the median counts")
+    parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
+    parser.add_argument("--chart", type=Path, help="save a bar chart of tokens/s to this image file")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run, render=render)
+
+
+def _check(args) -> None:
+    for name in ("prompts", "input_len", "output_len", "repeats"):
+        if getattr(args, name) < 1:
+            raise BadInput(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for path in (args.out, args.chart):
+        if path is not None and path.exists():
+            raise BadInput(f"{path} exists already; choose another file name or remove it first")
+
+
+def run(args) -> tuple[dict, int]:
+    """Benchmark each backend in turn on one loaded model; exit code 1 when a backend failed.
+
+    >>> from llmkit.cli import build_parser
+    >>> run(build_parser().parse_args(["bench", "--prompts", "2", "--output-len", "4", "--repeats", "1"]))  # doctest: +SKIP
+    """
+    import torch
+    import transformers
+
+    from llmkit.bench import bench, resolve_backend, workload
+    from llmkit.loading import load
+
+    _check(args)
+    if args.model:
+        model_ref = pick_model(args.model)
+    else:
+        model_ref = str(standin_path(DEFAULT_STANDIN))
+        print(banner("the default model", DEFAULT_STANDIN, model_ref,
+                     hint="Name a model for real numbers, e.g. llmkit bench Qwen/Qwen2-7B-Instruct."))
+    model, tokenizer = load(model_ref)
+    prompts = workload(tokenizer, args.prompts, args.input_len)
+    cuda = model.device.type == "cuda"
+    rows = []
+    for backend in args.backend:
+        try:
+            row = bench(model, tokenizer, backend, prompts, new_tokens=args.output_len, repeats=args.repeats).to_dict()
+        except (RuntimeError, ValueError) as error:  # reported in the results; the exit code says a backend failed
+            row = {"backend": resolve_backend(backend, cuda), "error": f"{type(error).__name__}: {error}"}
+        rows.append({"requested": backend, **row})
+    data = {
+        "date": datetime.date.today().isoformat(), "model": model_ref,
+        "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()})",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+        "workload": {"prompts": args.prompts, "input_len": args.input_len, "output_len": args.output_len,
+                     "repeats": args.repeats},
+        "results": rows,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    if args.chart:
+        save_chart(data, args.chart)
+    return data, 1 if any("error" in r for r in rows) else 0
+
+
+def save_chart(data: dict, path: Path) -> None:
+    """Bar chart of generated tokens/s per backend (failed backends are left out).
+
+    >>> save_chart({"model": "m", "device": "cpu", "workload": {"prompts": 1, "input_len": 8, "output_len": 4},
+    ...             "results": [{"requested": "hf", "backend": "hf", "tokens_per_s": 10.0}]}, Path("/tmp/c.png"))  # doctest: +SKIP
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in data["results"] if "tokens_per_s" in r]
+    labels = [r["requested"] if r["requested"] == r["backend"] else f"{r['requested']}\n({r['backend']})" for r in ok]
+    fig, ax = plt.subplots(figsize=(1.6 * max(len(ok), 2) + 2, 3.2))
+    ax.bar(labels, [r["tokens_per_s"] for r in ok], color="#4a8")
+    w = data["workload"]
+    ax.set_ylabel("generated tokens/s")
+    ax.set_title(f"{Path(data['model']).name} on {data['device']}: {w['prompts']} prompts, "
+                 f"{w['input_len']} in, {w['output_len']} out", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render(data: dict) -> None:
+    """Print one table row per backend."""
+    columns = ["requested", "backend", "tokens_per_s", "requests_per_s", "time_to_first_token_s", "warm_up_s",
+               "peak_memory_gib", "error"]
+    rows = [{c: ("" if r.get(c) is None else r.get(c)) for c in columns} for r in data["results"]]
+    w = data["workload"]
+    print_table(rows, columns, title=f"{data['model']} | {data['device']} | {w['prompts']} prompts x "
+                                     f"{w['input_len']} tokens in, {w['output_len']} out")

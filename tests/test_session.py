@@ -1,0 +1,89 @@
+"""ChatSession on the qwen2-chat stand-in, which memorised history-dependent answers (see qa_pairs.json)."""
+
+import pytest
+
+import llmkit
+from llmkit.errors import BadInput
+from llmkit.session import ChatSession
+
+GREEDY = {"do_sample": False}
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(chat_dir):
+    return llmkit.load(str(chat_dir))
+
+
+def prompt_tokens(tokenizer, messages):
+    return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"])
+
+
+def test_lazy_export():
+    assert llmkit.ChatSession is ChatSession and "ChatSession" in llmkit.__all__
+
+
+def test_turn_two_sees_turn_one_and_reset_forgets(model_and_tokenizer):
+    chat = ChatSession(*model_and_tokenizer, **GREEDY)
+    assert chat.ask("我叫小明。") == "你好，小明！"
+    assert chat.ask("我叫什么名字？") == "你叫小明。"
+    assert chat.history == [
+        {"role": "user", "content": "我叫小明。"}, {"role": "assistant", "content": "你好，小明！"},
+        {"role": "user", "content": "我叫什么名字？"}, {"role": "assistant", "content": "你叫小明。"}]
+    chat.reset()
+    assert chat.history == []
+    assert chat.ask("我叫什么名字？") == "我还不知道你的名字。"
+
+
+def test_streamed_pieces_make_up_the_reply(model_and_tokenizer):
+    chat = ChatSession(*model_and_tokenizer, **GREEDY)
+    pieces = []
+    assert chat.ask("My name is Alice.", on_token=pieces.append) == "Nice to meet you, Alice!"
+    assert len(pieces) > 1 and "".join(pieces) == "Nice to meet you, Alice!"
+    pieces.clear()
+    assert chat.ask("What is my name?", on_token=pieces.append) == "Your name is Alice."
+    assert len(pieces) > 1 and "".join(pieces) == "Your name is Alice."
+
+
+def test_system_prompt_comes_first_and_survives_reset(model_and_tokenizer):
+    chat = ChatSession(*model_and_tokenizer, system="Be brief.", **GREEDY)
+    assert chat.messages == [{"role": "system", "content": "Be brief."}]
+    chat.ask("Hello")
+    assert [m["role"] for m in chat.messages] == ["system", "user", "assistant"]
+    chat.reset()
+    assert chat.messages == [{"role": "system", "content": "Be brief."}]
+
+
+def test_default_budget_is_the_model_context(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    assert ChatSession(model, tokenizer).max_context_tokens == model.config.max_position_embeddings == 32768
+
+
+def test_oldest_turns_are_dropped_to_fit_the_context(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    question = [{"role": "user", "content": "我叫什么名字？"}]
+    # Room for the question alone, not for the question after one earlier turn.
+    chat = ChatSession(model, tokenizer, max_new_tokens=24, max_context_tokens=prompt_tokens(tokenizer, question) + 24,
+                       **GREEDY)
+    assert chat.ask("我叫小明。") == "你好，小明！"
+    with pytest.warns(UserWarning, match=r"dropped the 1 oldest turn\(s\).*max_context_tokens="):
+        reply = chat.ask("我叫什么名字？")
+    assert reply == "我还不知道你的名字。"  # the dropped turn with the name is not sent
+    assert chat.dropped_turns == 1
+    assert chat.history == question + [{"role": "assistant", "content": reply}]
+    with pytest.warns(UserWarning):
+        assert chat.ask("Hello") == "Hello! I am the tiny llmkit test model."
+    assert chat.dropped_turns == 2 and len(chat.history) == 2
+
+
+def test_a_message_too_long_for_the_context_is_bad_input(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    chat = ChatSession(model, tokenizer, max_new_tokens=10, max_context_tokens=64, **GREEDY)
+    chat.ask("Hello")
+    before = list(chat.history)
+    long_message = "你好" * 100
+    tokens = prompt_tokens(tokenizer, [{"role": "user", "content": long_message}])
+    with pytest.raises(BadInput, match=rf"needs {tokens} tokens .*max_new_tokens=10.* budget of 64 tokens; "
+                                       r"shorten it or raise max_context_tokens"):
+        chat.ask(long_message)
+    assert chat.history == before and chat.dropped_turns == 0  # the earlier turn was not dropped in vain
