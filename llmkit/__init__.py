@@ -11,13 +11,13 @@ from llmkit.memory import estimate
 from llmkit.pick import pick_model, standin_mode
 from llmkit.standins import list_standins, standin_path
 
-__all__ = ["ChatSession", "doctor", "download", "estimate", "list_standins", "load", "locate", "pick_model", "standin_mode", "standin_path"]
+__all__ = ["ChatSession", "doctor", "download", "estimate", "list_standins", "load", "locate", "pick_model", "quantize", "standin_mode", "standin_path"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``llmkit.load`` and ``llmkit.ChatSession`` import transformers only when first used, so ``llmkit doctor``
-    starts fast."""
+    """``llmkit.load``, ``llmkit.ChatSession`` and ``llmkit.quantize`` import transformers only when first used, so
+    ``llmkit doctor`` starts fast."""
     if name == "load":
         from llmkit.loading import load
 
@@ -26,4 +26,8 @@ def __getattr__(name: str):
         from llmkit.session import ChatSession
 
         return ChatSession
+    if name == "quantize":
+        from llmkit.quantization import quantize
+
+        return quantize
     raise AttributeError(f"module 'llmkit' has no attribute {name!r}")

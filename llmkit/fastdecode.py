@@ -20,17 +20,19 @@ import torch
 from transformers import StaticCache
 
 
-def _prefill_mask(attention_mask: torch.Tensor, max_len: int) -> torch.Tensor:
-    """Boolean [batch, 1, prompt, max_len] mask: causal, hiding left padding; each row sees at least itself."""
+def _prefill_mask(attention_mask: torch.Tensor, max_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [batch, 1, prompt, max_len] mask (0 = attend, dtype's minimum = hidden): causal, hiding left
+    padding; each row sees at least itself (no NaN in the cache). A 4-D mask is used as-is by every model
+    (``masking_utils``) and works for SDPA and eager attention alike."""
     batch, prompt = attention_mask.shape
     keys = torch.arange(max_len, device=attention_mask.device)
     queries = torch.arange(prompt, device=attention_mask.device)
     valid = torch.zeros(batch, max_len, dtype=torch.bool, device=attention_mask.device)
     valid[:, :prompt] = attention_mask.bool()
-    causal = keys[None, :] <= queries[:, None]
-    mask = causal[None] & valid[:, None, :]
-    mask |= keys[None, None, :] == queries[None, :, None]  # padding rows attend to themselves: no NaN in the cache
-    return mask[:, None]
+    allowed = (keys[None, :] <= queries[:, None])[None] & valid[:, None, :]
+    allowed |= keys[None, None, :] == queries[None, :, None]
+    hidden = torch.full(allowed.shape, torch.finfo(dtype).min, dtype=dtype, device=attention_mask.device)
+    return hidden.masked_fill(allowed, 0.0)[:, None]
 
 
 class GraphDecoder:
@@ -55,13 +57,13 @@ class GraphDecoder:
         device = model.device
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        self.step_mask = torch.zeros(batch_size, 1, 1, max_len, dtype=torch.bool, device=device)
+        self.step_mask = torch.zeros(batch_size, 1, 1, max_len, dtype=model.dtype, device=device)
         self.forward = _compile_leaving_out_quantized(model, compile_mode) if compile_small_ops else model
         self.graph, self.graph_next, self.timings = None, None, {}
 
     def _step(self) -> torch.Tensor:
         out = self.forward(input_ids=self.token, position_ids=self.position,
-                           attention_mask={"full_attention": self.step_mask}, past_key_values=self.cache,
+                           attention_mask=self.step_mask, past_key_values=self.cache,
                            use_cache=True, logits_to_keep=1).logits
         return out[:, -1].argmax(-1, keepdim=True)
 
@@ -100,13 +102,13 @@ class GraphDecoder:
         start = time.perf_counter()
         self.cache.reset()
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # real tokens only, as generate counts
-        mask = _prefill_mask(attention_mask, self.max_len)
-        logits = self.model(input_ids=input_ids, position_ids=positions, attention_mask={"full_attention": mask},
+        mask = _prefill_mask(attention_mask, self.max_len, self.model.dtype)
+        logits = self.model(input_ids=input_ids, position_ids=positions, attention_mask=mask,
                             past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits
         self.token.copy_(logits[:, -1].argmax(-1, keepdim=True))
         self.position.copy_(positions[:, -1:] + 1)
         self.step_mask.copy_(mask[:, :, -1:])
-        self.step_mask[..., prompt] = True
+        self.step_mask[..., prompt] = 0.0
         start = self._clock("prefill_s", start)
         if self.cuda_graph and self.graph is None and max_new_tokens > 1:
             self._capture()
@@ -121,7 +123,7 @@ class GraphDecoder:
             generated.append(next_token.clone())
             self.token.copy_(next_token)
             self.position += 1
-            self.step_mask[..., prompt + index] = True
+            self.step_mask[..., prompt + index] = 0.0
         self._clock("decode_s", start)
         return torch.cat(generated, dim=1)
 

@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from llmkit.errors import BadInput
 from llmkit.hub import locate
 from llmkit.memory import estimate
+from llmkit.xverse import with_xverse_chat_template, xverse_llama_config
 
 GIB = 2**30
 
@@ -116,7 +117,8 @@ def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", 
 
     ``quant`` is passed to the estimate (a GPTQ checkpoint's own quantization is the default); loading
     itself goes through transformers (GPTQ via optimum + gptqmodel, kernel from ``gptq_backend_config``). ``trust_remote_code`` is never implied:
-    turning it on runs Python code from the model repository, so it requires a pinned ``revision``.
+    turning it on runs Python code from the model repository, so it requires a pinned ``revision``. Without it an
+    XVERSE checkpoint loads as ``LlamaForCausalLM`` (``llmkit.xverse``).
 
     >>> model, tokenizer = load(llmkit.pick_model("Qwen/Qwen2-7B-Instruct"))  # doctest: +SKIP
     """
@@ -129,14 +131,17 @@ def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", 
     if not force:
         check_fits(need["total_gib"], model, max_memory)
     cuda = torch.cuda.is_available()
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    xverse = None if trust_remote_code else xverse_llama_config(path)  # XVERSE without remote code: the Llama route
+    config = xverse or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    as_llama = {"config": xverse} if xverse else {}
     if dtype == "auto":
         dtype, _reason = choose_dtype(config, cuda, cuda and torch.cuda.is_bf16_supported())
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **as_llama)
+    tokenizer = with_xverse_chat_template(tokenizer) if xverse else tokenizer
     capability = torch.cuda.get_device_capability() if cuda else None
     gptq = gptq_backend_config(config, cuda, capability, gptq_backend)
     loaded = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, device_map=device_map if cuda else None, max_memory=max_memory if cuda else None,
-        trust_remote_code=trust_remote_code, **({"quantization_config": gptq} if gptq else {}),
+        trust_remote_code=trust_remote_code, **as_llama, **({"quantization_config": gptq} if gptq else {}),
     )
     return loaded, tokenizer

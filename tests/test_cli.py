@@ -13,7 +13,7 @@ def llmkit(*args, env=None):
 def test_standin_list():
     result = llmkit("standin", "--list", "--json")
     assert result.returncode == 0
-    assert [s["kind"] for s in json.loads(result.stdout)["standins"]] == ["qwen2-chat", "qwen2-gptq-int4"]
+    assert [s["kind"] for s in json.loads(result.stdout)["standins"]] == ["qwen2-chat", "qwen2-gptq-int4", "xverse-chat"]
 
 
 def test_standin_prints_model_dir_last(chat_dir):
@@ -25,7 +25,7 @@ def test_standin_prints_model_dir_last(chat_dir):
 def test_unknown_standin_is_one_clear_line_and_exit_2():
     result = llmkit("standin", "qwen9")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["llmkit: error: unknown stand-in 'qwen9'; choose one of: qwen2-chat, qwen2-gptq-int4"]
+    assert result.stderr.strip().splitlines() == ["llmkit: error: unknown stand-in 'qwen9'; choose one of: qwen2-chat, qwen2-gptq-int4, xverse-chat"]
 
 
 def test_one_shot_chat_with_default_standin(chat_dir):
@@ -44,9 +44,9 @@ def test_chat_json_reply(chat_dir):
 
 
 def test_model_without_standin_is_refused_in_standin_mode():
-    result = llmkit("chat", "xverse/XVERSE-7B-Chat", "-p", "hi", env={"LLMKIT_STANDIN": "1"})
+    result = llmkit("chat", "meta-llama/Llama-2-7b-chat-hf", "-p", "hi", env={"LLMKIT_STANDIN": "1"})
     assert result.returncode == 2
-    assert "no stand-in for 'xverse/XVERSE-7B-Chat'" in result.stderr
+    assert "no stand-in for 'meta-llama/Llama-2-7b-chat-hf'" in result.stderr
 
 
 def test_chat_with_a_model_not_on_disk_says_how_to_download_it(tmp_path):

@@ -52,3 +52,14 @@ def test_compiled_step_with_gptq_layers_behind_an_opaque_op(gptq_dir):
     assert torch.equal(decoder.generate(batch["input_ids"], batch["attention_mask"], 10), expected)
     assert hasattr(model.model.layers[0].mlp.down_proj, "llmkit_eager_forward")
     assert torch.equal(reference(model, tokenizer, batch, 10), expected)  # plain generate still works after patching
+
+
+def test_llama_architecture_too(tmp_path):
+    """Llama's forward builds its mask without Qwen2's shortcut: the decoder's 4-D mask must work there too."""
+    from llmkit.standins import standin_path
+
+    model, tokenizer = llmkit.load(str(standin_path("xverse-chat")))  # loads as LlamaForCausalLM
+    assert type(model).__name__ == "LlamaForCausalLM"
+    batch = left_padded(tokenizer, ["你好", "What is the capital of France?"])
+    ours = greedy_generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=12)
+    assert torch.equal(ours, reference(model, tokenizer, batch, 12))

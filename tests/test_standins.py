@@ -103,7 +103,8 @@ def test_not_built_without_build_says_how(fake_kind):
 def test_lookup_by_real_model_id():
     assert standin_for("Qwen/Qwen2-7B-Instruct") == "qwen2-chat"
     assert standin_for("qwen/Qwen1.5-7B-Chat-GPTQ-Int4") == "qwen2-gptq-int4"  # ModelScope spelling
-    assert standin_for("xverse/XVERSE-7B-Chat") is None
-    assert [s["kind"] for s in list_standins()] == ["qwen2-chat", "qwen2-gptq-int4"]
+    assert standin_for("xverse/XVERSE-7B-Chat") == "xverse-chat"
+    assert standin_for("meta-llama/Llama-2-7b-chat-hf") is None
+    assert [s["kind"] for s in list_standins()] == ["qwen2-chat", "qwen2-gptq-int4", "xverse-chat"]
     with pytest.raises(KeyError, match="choose one of"):
         standin_path("nope")

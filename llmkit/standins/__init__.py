@@ -42,6 +42,12 @@ def _build_gptq(out_dir: Path) -> dict:
     return build_qwen2_gptq(standin_path("qwen2-chat"), out_dir)
 
 
+def _build_xverse(out_dir: Path) -> dict:
+    from llmkit.standins.xverse_chat import build_xverse_chat
+
+    return build_xverse_chat(out_dir)
+
+
 STANDINS: dict[str, StandIn] = {
     s.kind: s
     for s in [
@@ -58,6 +64,14 @@ STANDINS: dict[str, StandIn] = {
             ("Qwen/Qwen2-72B-Instruct-GPTQ-Int4", "Qwen/Qwen2-7B-Instruct-GPTQ-Int4", "Qwen/Qwen1.5-7B-Chat-GPTQ-Int4"),
             1,
             _build_gptq,
+        ),
+        StandIn(
+            "xverse-chat",
+            "tiny checkpoint in XVERSE's format (model_type xverse, Llama tensor names), small BPE with XVERSE's "
+            "special ids and chat format, memorised bilingual Q&A (bf16)",
+            ("xverse/XVERSE-7B-Chat", "xverse/XVERSE-13B-Chat"),
+            1,
+            _build_xverse,
         ),
     ]
 }
@@ -137,7 +151,7 @@ def list_standins() -> list[dict]:
     """One dict per stand-in kind: kind, summary, the real models it stands for, whether it is built, its path.
 
     >>> [s["kind"] for s in list_standins()]
-    ['qwen2-chat', 'qwen2-gptq-int4']
+    ['qwen2-chat', 'qwen2-gptq-int4', 'xverse-chat']
     """
     return [
         {"kind": s.kind, "summary": s.summary, "stands_for": list(s.stands_for), "built": is_built(s.kind),

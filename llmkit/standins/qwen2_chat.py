@@ -74,19 +74,24 @@ def qwen2_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationCon
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, messages: list[dict], answer: str) -> tuple[list, list]:
-    """Token ids of one chat-formatted example and its labels (loss only on the answer and <|im_end|>).
+    """Token ids of one chat-formatted example and its labels (loss only on the answer and the end-of-turn token,
+    the tokenizer's eos: <|im_end|> for Qwen2).
 
     >>> ids, labels = encode_example(build_qwen2_tokenizer(), [{"role": "user", "content": "你好"}], "好")
     >>> labels[-2:] == ids[-2:] and labels[0] == IGNORE_INDEX
     True
     """
     prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    answer_ids = tokenizer.encode(answer) + [tokenizer.convert_tokens_to_ids(IM_END)]
+    answer_ids = tokenizer.encode(answer) + [tokenizer.eos_token_id]
     return list(prompt_ids) + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
 
 
-def _batch(tokenizer: PreTrainedTokenizerBase, qa_pairs: list[dict]) -> dict[str, torch.Tensor]:
-    """Right-padded training batch of every Q&A pair."""
+def training_batch(tokenizer: PreTrainedTokenizerBase, qa_pairs: list[dict]) -> dict[str, torch.Tensor]:
+    """Right-padded training batch of every Q&A pair.
+
+    >>> training_batch(build_qwen2_tokenizer(), load_qa_pairs())["input_ids"].shape[0]
+    15
+    """
     encoded = [encode_example(tokenizer, qa["messages"], qa["answer"]) for qa in qa_pairs]
     width = max(len(ids) for ids, _ in encoded)
     pad = tokenizer.pad_token_id
@@ -114,18 +119,19 @@ def answer_positions_loss(model: Qwen2ForCausalLM, batch: dict[str, torch.Tensor
 
 
 def train_to_memorise(
-    model: Qwen2ForCausalLM, batch: dict[str, torch.Tensor], max_steps: int = 400, lr: float = 5e-3
+    model: Qwen2ForCausalLM, batch: dict[str, torch.Tensor], max_steps: int = 400, lr: float = 5e-3,
+    target_loss: float = 0.05,
 ) -> dict:
-    """AdamW on the full batch until every answer token is the argmax with a low loss.
+    """AdamW on the full batch until every answer token is the argmax and the loss is below ``target_loss``.
 
     Returns ``{"steps": int, "loss": float, "memorised": bool}``.
 
-    >>> train_to_memorise(model, _batch(tokenizer, load_qa_pairs()))  # doctest: +SKIP
+    >>> train_to_memorise(model, training_batch(tokenizer, load_qa_pairs()))  # doctest: +SKIP
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     memorised, loss_value, step = False, float("nan"), 0
-    progress = tqdm(range(1, max_steps + 1), desc="training qwen2-chat stand-in", unit="step", leave=False)
+    progress = tqdm(range(1, max_steps + 1), desc="training a stand-in", unit="step", leave=False)
     for step in progress:
         loss, memorised = answer_positions_loss(model, batch)
         loss.backward()
@@ -133,7 +139,7 @@ def train_to_memorise(
         optimizer.zero_grad(set_to_none=True)
         loss_value = loss.item()
         progress.set_postfix(loss=f"{loss_value:.4f}")
-        if memorised and loss_value < 0.05:
+        if memorised and loss_value < target_loss:
             break
     progress.close()
     model.eval()
@@ -160,7 +166,7 @@ def build_qwen2_chat(out_dir: Path, max_steps: int = 400) -> dict:
     tokenizer = build_qwen2_tokenizer()
     model = Qwen2ForCausalLM(tiny_qwen2_config(tokenizer))
     qa_pairs = load_qa_pairs()
-    report = train_to_memorise(model, _batch(tokenizer, qa_pairs), max_steps=max_steps)
+    report = train_to_memorise(model, training_batch(tokenizer, qa_pairs), max_steps=max_steps)
     model.generation_config = qwen2_generation_config(tokenizer)
     model.to(torch.bfloat16).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
