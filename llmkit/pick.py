@@ -55,3 +55,23 @@ def pick_model(model_id: str) -> str:
     path = standin_path(kind)
     print(banner(model_id, kind, path))
     return str(path)
+
+
+DEFAULT_STANDIN = "qwen2-chat"
+
+
+def model_or_default(model_id: str | None, hint: str) -> str:
+    """What a command should load: ``pick_model(model_id)``, or with no model named the ``qwen2-chat``
+    stand-in, announced with a banner that ends with ``hint`` (how to name a real model).
+
+    >>> model_or_default("Qwen/Qwen2-7B-Instruct", hint="") == pick_model("Qwen/Qwen2-7B-Instruct")
+    True
+    """
+    if model_id:
+        return pick_model(model_id)
+    from llmkit.standins import standin_path
+
+    path = str(standin_path(DEFAULT_STANDIN))
+    print(banner("the default model", DEFAULT_STANDIN, path, hint=hint))
+    return path
+

@@ -11,10 +11,7 @@ from pathlib import Path
 from llmkit.bench import ALL_BACKENDS
 from llmkit.cli.table import print_table
 from llmkit.errors import BadInput
-from llmkit.pick import banner, pick_model
-from llmkit.standins import standin_path
-
-DEFAULT_STANDIN = "qwen2-chat"
+from llmkit.pick import model_or_default
 
 
 def register(sub) -> None:
@@ -54,12 +51,8 @@ def run(args) -> tuple[dict, int]:
     from llmkit.loading import load
 
     _check(args)
-    if args.model:
-        model_ref = pick_model(args.model)
-    else:
-        model_ref = str(standin_path(DEFAULT_STANDIN))
-        print(banner("the default model", DEFAULT_STANDIN, model_ref,
-                     hint="Name a model for real numbers, e.g. llmkit bench Qwen/Qwen2-7B-Instruct."))
+    model_ref = model_or_default(args.model,
+                                 hint="Name a model for real numbers, e.g. llmkit bench Qwen/Qwen2-7B-Instruct.")
     model, tokenizer = load(model_ref)
     prompts = workload(tokenizer, args.prompts, args.input_len)
     cuda = model.device.type == "cuda"

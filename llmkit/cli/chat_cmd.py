@@ -9,10 +9,7 @@ from __future__ import annotations
 import sys
 
 from llmkit.errors import BadInput
-from llmkit.pick import banner, pick_model
-from llmkit.standins import standin_path
-
-DEFAULT_STANDIN = "qwen2-chat"
+from llmkit.pick import model_or_default
 PROMPT = "你 / you> "
 COMMANDS_HELP = "commands: /reset (forget the conversation), /system TEXT (new system prompt), /exit (or Ctrl-D)"
 
@@ -36,12 +33,8 @@ def run(args) -> tuple[dict, int]:
     from llmkit.loading import load
     from llmkit.session import ChatSession
 
-    if args.model:
-        model_ref = pick_model(args.model)
-    else:
-        model_ref = str(standin_path(DEFAULT_STANDIN))
-        print(banner("the default chat model", DEFAULT_STANDIN, model_ref,
-                     hint='Name a model for a real answer, e.g. llmkit chat Qwen/Qwen2-7B-Instruct -p "你好".'))
+    model_ref = model_or_default(args.model,
+                                 hint='Name a model for a real answer, e.g. llmkit chat Qwen/Qwen2-7B-Instruct -p "你好".')
     model, tokenizer = load(model_ref)
     session = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
                           **({"do_sample": False} if args.greedy else {}))
