@@ -28,5 +28,21 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/pip install --progress-bar off -r requirements.txt -e .
   echo "$wanted" > "$stamp"
 fi
+
+# llama.cpp's converter (convert_hf_to_gguf.py, its conversion/ package and the gguf-py it imports from beside
+# itself) is not in the llama-cpp-python wheel; take it from the same pinned source release that pip compiled,
+# so converter and runtime agree (PyPI's gguf 0.19.0 is older than the gguf-py in this release).
+llama_cpp_version="$(sed -n 's/^llama-cpp-python==//p' requirements.txt)"
+converter=.venv/share/llama.cpp
+if [ "$(cat "$converter/VERSION" 2>/dev/null)" != "$llama_cpp_version" ]; then
+  tmp="$(mktemp -d)"
+  .venv/bin/pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$llama_cpp_version" -d "$tmp"
+  tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp" --wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' \
+    '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*' '*/vendor/llama.cpp/LICENSE'
+  rm -rf "$converter" && mkdir -p "$converter"
+  cp -r "$tmp"/llama_cpp_python-*/vendor/llama.cpp/{convert_hf_to_gguf.py,conversion,gguf-py,LICENSE} "$converter"/
+  echo "$llama_cpp_version" > "$converter/VERSION"
+  rm -rf "$tmp"
+fi
 .venv/bin/python -m ipykernel install --user --name llmkit --display-name "Python (llmkit)" >/dev/null
-echo "setup.sh: .venv ready (kernel 'llmkit' registered)"
+echo "setup.sh: .venv ready (kernel 'llmkit' registered, llama.cpp converter in $converter)"

@@ -1,7 +1,7 @@
 """``llmkit`` command line: one subcommand per module, each a parser builder plus a function returning data.
 
 Exit codes: 0 success; 1 the command ran and found a failure (doctor FAIL, an incomplete model, a failed
-download, a benchmark backend that failed); 2 bad input (usage, unknown stand-in or model id, a model without a stand-in in stand-in mode);
+download, a benchmark backend that failed, llama.cpp's converter failed); 2 bad input (usage, unknown stand-in or model id, a model without a stand-in in stand-in mode);
 3 model not found on disk (any command that needs it; the line says how to download it).
 """
 
@@ -11,11 +11,12 @@ import argparse
 import json
 import sys
 
-from llmkit.cli import bench_cmd, chat_cmd, doctor_cmd, download_cmd, estimate_cmd, locate_cmd, standin_cmd
+from llmkit.cli import (bench_cmd, chat_cmd, doctor_cmd, download_cmd, estimate_cmd, gguf_cmd, locate_cmd,
+                        standin_cmd)
 from llmkit.errors import BadInput
 from llmkit.hub import ModelNotFound
 
-COMMANDS = [doctor_cmd, standin_cmd, chat_cmd, estimate_cmd, locate_cmd, download_cmd, bench_cmd]
+COMMANDS = [doctor_cmd, standin_cmd, chat_cmd, estimate_cmd, locate_cmd, download_cmd, bench_cmd, gguf_cmd]
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND = 0, 1, 2, 3
 
 

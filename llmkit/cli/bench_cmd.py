@@ -1,5 +1,6 @@
-"""``llmkit bench [MODEL]``: generation speed of transformers backends on the seed's workload (25 prompts,
-64 tokens in, 128 out), with warm-up, tokens/s, time to first token and peak memory; JSON and a chart."""
+"""``llmkit bench [MODEL]``: generation speed per backend (transformers; llama.cpp on a GGUF; vLLM where
+installed) on the seed's workload (25 prompts, 64 tokens in, 128 out), with warm-up, tokens/s, time to first
+token and peak memory; JSON and a chart."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import platform
 from pathlib import Path
 
 from llmkit.bench import ALL_BACKENDS
+from llmkit.bench_engines import ENGINE_BACKENDS, require_engine
 from llmkit.cli.table import print_table
 from llmkit.errors import BadInput
 from llmkit.pick import model_or_default
@@ -17,8 +19,11 @@ from llmkit.pick import model_or_default
 def register(sub) -> None:
     parser = sub.add_parser("bench", help="measure generation speed (tokens/s, first-token time, memory) per backend")
     parser.add_argument("model", nargs="?", help="model id or path (default: the embedded qwen2-chat stand-in)")
-    parser.add_argument("--backend", nargs="+", default=["hf", "hf-fast"], choices=ALL_BACKENDS, metavar="BACKEND",
-                        help=f"one or more of {', '.join(ALL_BACKENDS)} (default: hf hf-fast)")
+    choices = (*ALL_BACKENDS, *ENGINE_BACKENDS)
+    parser.add_argument("--backend", nargs="+", default=["hf", "hf-fast"], choices=choices, metavar="BACKEND",
+                        help=f"one or more of {', '.join(choices)} (default: hf hf-fast)")
+    parser.add_argument("--gguf", type=Path, help="GGUF file of the same model for the llamacpp backend "
+                                                  "(make one with: llmkit gguf MODEL FILE)")
     parser.add_argument("--prompts", type=int, default=25, help="number of prompts, generated together (default 25)")
     parser.add_argument("--input-len", type=int, default=64, help="tokens per prompt (default 64)")
     parser.add_argument("--output-len", type=int, default=128, help="new tokens per prompt, fixed (default 128)")
@@ -36,6 +41,11 @@ def _check(args) -> None:
     for path in (args.out, args.chart):
         if path is not None and path.exists():
             raise BadInput(f"{path} exists already; choose another file name or remove it first")
+    for backend in set(args.backend) & set(ENGINE_BACKENDS):
+        require_engine(backend)
+    if "llamacpp" in args.backend and args.gguf is None:
+        raise BadInput("the llamacpp backend needs --gguf FILE, a GGUF of the same model; "
+                       "make one with: llmkit gguf MODEL FILE")
 
 
 def run(args) -> tuple[dict, int]:
@@ -47,22 +57,24 @@ def run(args) -> tuple[dict, int]:
     import torch
     import transformers
 
-    from llmkit.bench import bench, resolve_backend, workload
-    from llmkit.loading import load
+    from llmkit.bench import workload
+    from llmkit.hub import locate
 
     _check(args)
     model_ref = model_or_default(args.model,
                                  hint="Name a model for real numbers, e.g. llmkit bench Qwen/Qwen2-7B-Instruct.")
-    model, tokenizer = load(model_ref)
+    model_dir = locate(model_ref).path
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     prompts = workload(tokenizer, args.prompts, args.input_len)
-    cuda = model.device.type == "cuda"
+    hf_model = _lazy_model(model_ref)
     rows = []
     for backend in args.backend:
         try:
-            row = bench(model, tokenizer, backend, prompts, new_tokens=args.output_len, repeats=args.repeats).to_dict()
+            row = _bench_one(backend, args, hf_model, tokenizer, model_dir, prompts).to_dict()
         except (RuntimeError, ValueError) as error:  # reported in the results; the exit code says a backend failed
-            row = {"backend": resolve_backend(backend, cuda), "error": f"{type(error).__name__}: {error}"}
+            row = {"backend": backend, "error": f"{type(error).__name__}: {error}"}
         rows.append({"requested": backend, **row})
+    cuda = torch.cuda.is_available()
     data = {
         "date": datetime.date.today().isoformat(), "model": model_ref,
         "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()})",
@@ -77,6 +89,31 @@ def run(args) -> tuple[dict, int]:
     if args.chart:
         save_chart(data, args.chart)
     return data, 1 if any("error" in r for r in rows) else 0
+
+
+def _lazy_model(model_ref: str):
+    """Loads the transformers model on first use, so llamacpp- or vllm-only runs leave the memory to them."""
+    loaded = []
+
+    def model():
+        if not loaded:
+            from llmkit.loading import load
+
+            loaded.append(load(model_ref)[0])
+        return loaded[0]
+
+    return model
+
+
+def _bench_one(backend: str, args, hf_model, tokenizer, model_dir, prompts):
+    from llmkit import bench_engines
+    from llmkit.bench import bench
+
+    if backend == "llamacpp":
+        return bench_engines.bench_llamacpp(args.gguf, prompts, args.output_len, args.repeats)
+    if backend == "vllm":
+        return bench_engines.bench_vllm(model_dir, prompts, args.output_len, args.repeats)
+    return bench(hf_model(), tokenizer, backend, prompts, new_tokens=args.output_len, repeats=args.repeats)
 
 
 def save_chart(data: dict, path: Path) -> None:

@@ -1,0 +1,108 @@
+"""``llmkit bench`` backends outside transformers: ``llamacpp`` (llama-cpp-python on a GGUF) and ``vllm``.
+
+They run the same workload as the transformers backends (the same prompt token ids, exactly ``new_tokens``
+greedy tokens each, end-of-sequence ignored) and return the same ``BenchResult``.
+
+- ``llamacpp``: llama-cpp-python's high-level ``Llama`` serves one sequence at a time, so the prompts run one
+  after another; time to first token is the first prompt's. Loading the GGUF is reported as ``load_s``, and
+  llama.cpp's own counters give prompt-eval and eval tokens/s.
+- ``vllm``: ``LLM.generate`` on all prompts at once. vLLM needs a CUDA GPU and is not installed in this
+  project's CI nor on its device machine (its wheel is far over what can be carried there), so this backend
+  has not been run by the project; it is the documented offline-inference call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+from llmkit.bench import result, timed_runs
+from llmkit.errors import BadInput
+
+ENGINES = {  # backend: (Python package, how to get it)
+    "llamacpp": ("llama_cpp", "pip install llama-cpp-python (setup.sh does; README: llama.cpp)"),
+    "vllm": ("vllm", "pip install vllm on a Linux machine with a CUDA GPU (README: serving)"),
+}
+ENGINE_BACKENDS = tuple(ENGINES)
+
+
+def require_engine(backend: str) -> None:
+    """Refuse an engine backend that is not installed, saying how to install it.
+
+    >>> require_engine("llamacpp")  # doctest: +SKIP
+    """
+    package, install = ENGINES[backend]
+    if importlib.util.find_spec(package) is None:
+        raise BadInput(f"backend {backend!r} needs the {package} package, which is not installed: {install}")
+
+
+def bench_llamacpp(gguf: str | Path, prompts: list[list[int]], new_tokens: int = 128, repeats: int = 3,
+                   n_gpu_layers: int = -1, flash_attn: bool = True):
+    """Time llama-cpp-python on ``gguf`` with greedy decoding; prompts are token ids of the same vocabulary.
+
+    ``n_gpu_layers=-1`` offloads every layer when llama-cpp-python was built with CUDA (no effect on a CPU build).
+
+    >>> r = bench_llamacpp("/tmp/qwen2-chat-f16.gguf", [[9707, 11]], new_tokens=8, repeats=1)  # doctest: +SKIP
+    >>> len(r.outputs[0])  # doctest: +SKIP
+    8
+    """
+    require_engine("llamacpp")
+    import llama_cpp
+
+    if not Path(gguf).is_file():
+        raise BadInput(f"GGUF file {gguf} does not exist; make one with `llmkit gguf MODEL FILE`")
+    start = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=max(len(p) for p in prompts) + new_tokens,
+                          n_batch=max(len(p) for p in prompts), n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
+                          verbose=False)
+    load_s = time.perf_counter() - start
+
+    def once():
+        llama_cpp.llama_perf_context_reset(llm.ctx)
+        outputs, first, start = [], None, time.perf_counter()
+        for prompt in prompts:
+            llm.reset()
+            tokens = []
+            for token in llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0):
+                first = first or time.perf_counter() - start
+                tokens.append(token)
+                if len(tokens) == new_tokens:
+                    break
+            outputs.append(tokens)
+        return outputs, first, time.perf_counter() - start
+
+    warm_up_s, runs = timed_runs(once, repeats)
+    perf = llama_cpp.llama_perf_context(llm.ctx)  # counters of the last run
+    details = {"load_s": round(load_s, 2), "n_gpu_layers": n_gpu_layers, "flash_attn": flash_attn,
+               "prompt_eval_tokens_per_s": round(1000 * perf.n_p_eval / perf.t_p_eval_ms, 1) if perf.t_p_eval_ms else None,
+               "eval_tokens_per_s": round(1000 * perf.n_eval / perf.t_eval_ms, 1) if perf.t_eval_ms else None,
+               "gguf": Path(gguf).name, "llama_cpp_python": llama_cpp.__version__}
+    llm.close()
+    return result("llamacpp", prompts, new_tokens, warm_up_s, runs, details=details)
+
+
+def bench_vllm(model_dir: str | Path, prompts: list[list[int]], new_tokens: int = 128, repeats: int = 3, **llm_args):
+    """Time vLLM's offline ``LLM.generate`` on all prompts at once (greedy, ``ignore_eos``, fixed length).
+
+    Not run by this project (no vLLM here): see the module docstring. ``llm_args`` go to ``vllm.LLM``.
+
+    >>> r = bench_vllm("Qwen/Qwen2-7B-Instruct", [[9707, 11]], new_tokens=8)  # doctest: +SKIP
+    """
+    require_engine("vllm")
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    start = time.perf_counter()
+    llm = LLM(model=str(model_dir), max_model_len=max(len(p) for p in prompts) + new_tokens, **llm_args)
+    load_s = time.perf_counter() - start
+    params = SamplingParams(temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True)
+    inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+
+    def once():
+        start = time.perf_counter()
+        outputs = llm.generate(inputs, params, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outputs], None, time.perf_counter() - start
+
+    warm_up_s, runs = timed_runs(once, repeats)
+    return result("vllm", prompts, new_tokens, warm_up_s, runs, details={"load_s": round(load_s, 2)})
