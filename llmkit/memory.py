@@ -438,7 +438,7 @@ def verdicts(estimate: dict, cards: list[float] | None = None) -> dict:
             verdict = "fits, tight"
         else:
             verdict = "does not fit"
-        needed = 1 if need <= card else next(
+        needed = 1 if need <= card else None if "parts" not in estimate else next(  # no "parts": not splittable
             (n for n in range(2, estimate["parts"]["layers"] + 1) if max(per_gpu_gib(estimate, n)) <= card), None)
         out[f"{card:g}"] = {"verdict": verdict, "headroom_gib": round(card - need, 2), "cards_needed": needed}
     return out

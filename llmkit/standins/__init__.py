@@ -55,14 +55,14 @@ STANDINS: dict[str, StandIn] = {
             "qwen2-chat",
             "tiny Qwen2ForCausalLM, real Qwen2 tokenizer and chat template, memorised bilingual Q&A (bf16)",
             ("Qwen/Qwen2-7B-Instruct", "Qwen/Qwen2-72B-Instruct", "Qwen/Qwen2-0.5B-Instruct", "Qwen/Qwen2-1.5B-Instruct"),
-            1,
+            2,  # v2: LM head untied from the embeddings, as in Qwen2-7B/72B (LoRA on it merges cleanly)
             _build_chat,
         ),
         StandIn(
             "qwen2-gptq-int4",
             "qwen2-chat quantized to 4-bit GPTQ (v1 format) with optimum + gptqmodel on the CPU",
             ("Qwen/Qwen2-72B-Instruct-GPTQ-Int4", "Qwen/Qwen2-7B-Instruct-GPTQ-Int4", "Qwen/Qwen1.5-7B-Chat-GPTQ-Int4"),
-            1,
+            2,  # v2: made from qwen2-chat v2
             _build_gptq,
         ),
         StandIn(
@@ -77,14 +77,22 @@ STANDINS: dict[str, StandIn] = {
 }
 
 
+def llmkit_home() -> Path:
+    """Where llmkit keeps what it builds (stand-ins, LLaMA-Factory's venv): ``$LLMKIT_HOME``, default ``~/.cache/llmkit``.
+
+    >>> llmkit_home().name in ("llmkit", os.environ.get("LLMKIT_HOME", "llmkit").rstrip("/").split("/")[-1])
+    True
+    """
+    return Path(os.environ.get("LLMKIT_HOME") or Path.home() / ".cache" / "llmkit").expanduser()
+
+
 def cache_root() -> Path:
     """Where stand-ins are cached: ``$LLMKIT_HOME/standins``, default ``~/.cache/llmkit/standins``.
 
     >>> cache_root().name
     'standins'
     """
-    home = os.environ.get("LLMKIT_HOME") or Path.home() / ".cache" / "llmkit"
-    return Path(home).expanduser() / "standins"
+    return llmkit_home() / "standins"
 
 
 def _get(kind: str) -> StandIn:
@@ -97,7 +105,7 @@ def standin_dir(kind: str) -> Path:
     """The directory a stand-in is (or will be) cached in; the recipe version is part of the name.
 
     >>> standin_dir("qwen2-chat").name
-    'qwen2-chat-v1'
+    'qwen2-chat-v2'
     """
     return cache_root() / f"{kind}-v{_get(kind).recipe_version}"
 

@@ -15,10 +15,10 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 from llmkit.chat import generate_reply
+from llmkit.sft import IGNORE_INDEX, encode_example
 from llmkit.standins.tokenizer import ENDOFTEXT, IM_END, build_qwen2_tokenizer
 
 SEED = 0
-IGNORE_INDEX = -100  # label value that the loss skips (prompt and padding tokens)
 
 
 def load_qa_pairs() -> list[dict]:
@@ -47,7 +47,7 @@ def tiny_qwen2_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:
         max_position_embeddings=32768,
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,  # like Qwen2-7B and 72B: a separate LM head (LoRA on it merges cleanly)
         bos_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
         eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
         pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
@@ -71,19 +71,6 @@ def qwen2_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationCon
         top_k=20,
         repetition_penalty=1.05,
     )
-
-
-def encode_example(tokenizer: PreTrainedTokenizerBase, messages: list[dict], answer: str) -> tuple[list, list]:
-    """Token ids of one chat-formatted example and its labels (loss only on the answer and the end-of-turn token,
-    the tokenizer's eos: <|im_end|> for Qwen2).
-
-    >>> ids, labels = encode_example(build_qwen2_tokenizer(), [{"role": "user", "content": "你好"}], "好")
-    >>> labels[-2:] == ids[-2:] and labels[0] == IGNORE_INDEX
-    True
-    """
-    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    answer_ids = tokenizer.encode(answer) + [tokenizer.eos_token_id]
-    return list(prompt_ids) + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
 
 
 def training_batch(tokenizer: PreTrainedTokenizerBase, qa_pairs: list[dict]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,136 @@
+"""Plumbing around supervised fine-tuning with transformers + peft (notebook 06 shows the library calls).
+
+- ``tokenize_alpaca``: chat-template formatting with the loss masked on the prompt (labels -100), cut to a length;
+- ``prepare_output_dir``: never train over an existing folder unless asked; resume from its last checkpoint;
+- ``plot_losses``: training and validation loss curves from ``trainer.state.log_history``;
+- ``refuse_quantized_merge`` and ``save_model``: merging LoRA into a GPTQ base is refused with the reason, and a
+  merged model is written to a temporary folder first and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from llmkit.errors import BadInput
+from llmkit.sft_data import alpaca_messages
+
+IGNORE_INDEX = -100  # label value the loss skips (prompt and padding tokens)
+
+
+def encode_example(tokenizer, messages: list[dict], answer: str) -> tuple[list, list]:
+    """Token ids of one chat-formatted example and its labels (loss only on the answer and the end-of-turn token,
+    the tokenizer's eos: <|im_end|> for Qwen2).
+
+    >>> from llmkit.standins.tokenizer import build_qwen2_tokenizer
+    >>> ids, labels = encode_example(build_qwen2_tokenizer(), [{"role": "user", "content": "你好"}], "好")
+    >>> labels[-2:] == ids[-2:] and labels[0] == IGNORE_INDEX
+    True
+    """
+    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    answer_ids = tokenizer.encode(answer) + [tokenizer.eos_token_id]
+    return list(prompt_ids) + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+
+
+def tokenize_alpaca(records: list[dict], tokenizer, cutoff_len: int = 1024):
+    """A ``datasets.Dataset`` of ``input_ids`` / ``attention_mask`` / ``labels`` for ``transformers.Trainer``.
+
+    Records longer than ``cutoff_len`` tokens are cut there (``llmkit.sft_data.check_dataset`` reports them first).
+
+    >>> ds = tokenize_alpaca([{"instruction": "你是谁？", "output": "我是小K。"}], tokenizer)  # doctest: +SKIP
+    >>> ds[0]["labels"][0]  # doctest: +SKIP
+    -100
+    """
+    from datasets import Dataset
+
+    rows = []
+    for record in records:
+        ids, labels = encode_example(tokenizer, alpaca_messages(record)[:-1], record["output"])
+        rows.append({"input_ids": ids[:cutoff_len], "attention_mask": [1] * len(ids[:cutoff_len]),
+                     "labels": labels[:cutoff_len]})
+    return Dataset.from_list(rows)
+
+
+def prepare_output_dir(path: str | Path, overwrite: bool = False) -> str | None:
+    """Make ``path`` ready for ``Trainer``; returns its last checkpoint to resume from, or None for a fresh start.
+
+    A folder with checkpoints is resumed from (a killed run loses at most one ``save_steps`` interval). A
+    non-empty folder without checkpoints is refused unless ``overwrite=True``, which deletes it first.
+
+    >>> prepare_output_dir("/tmp/lora-out", overwrite=True) is None
+    True
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    path = Path(path)
+    if overwrite and path.exists():
+        shutil.rmtree(path)
+    if path.is_dir() and any(path.iterdir()):
+        checkpoint = get_last_checkpoint(str(path))
+        if checkpoint is None:
+            raise BadInput(f"{path} exists and holds files but no checkpoint-*; choose another output folder "
+                           "or pass overwrite=True to delete it")
+        return checkpoint
+    path.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def plot_losses(log_history: list[dict], ax=None):
+    """Training loss per logged step and validation loss per evaluation, from ``trainer.state.log_history``.
+
+    >>> plot_losses([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0, "eval_loss": 1.5}])  # doctest: +ELLIPSIS
+    <Axes: ...>
+    """
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 3.2))[1]
+    for key, label in (("loss", "training"), ("eval_loss", "validation")):
+        points = [(row["step"], row[key]) for row in log_history if key in row]
+        if points:
+            ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    return ax
+
+
+def refuse_quantized_merge(config) -> None:
+    """Refuse to merge a LoRA adapter into a GPTQ (or other pre-quantized) base, saying what works instead.
+
+    >>> from transformers import AutoConfig
+    >>> refuse_quantized_merge(AutoConfig.for_model("qwen2"))
+    """
+    quant = getattr(config, "quantization_config", None)
+    if quant is None:
+        return
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", "?")
+    raise BadInput(
+        f"the base model is {method}-quantized: its weights are packed integers, so the LoRA update cannot be added "
+        "to them (peft cannot merge into a GPTQ layer, and dequantize-then-merge loses the GPTQ calibration). "
+        "Merge the adapter into the bf16 base model, then quantize the merged model (GPTQ with gptqmodel, or "
+        "llmkit.quantize); or keep the adapter separate and load it on the quantized base with PeftModel.")
+
+
+def save_model(model, tokenizer, out_dir: str | Path, overwrite: bool = False, max_shard_size: str = "2GB") -> Path:
+    """``save_pretrained`` (safetensors shards) of model and tokenizer into a temporary folder beside
+    ``out_dir``, renamed to ``out_dir`` only when everything is written: a full disk or a kill never leaves a
+    half-written model where a complete one is expected. An existing ``out_dir`` is replaced only if asked.
+
+    >>> save_model(merged, tokenizer, "/tmp/merged")  # doctest: +SKIP
+    PosixPath('/tmp/merged')
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise BadInput(f"{out_dir} exists already; choose another folder or pass overwrite=True to replace it")
+    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        model.save_pretrained(partial, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    partial.rename(out_dir)
+    return out_dir

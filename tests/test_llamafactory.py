@@ -1,0 +1,66 @@
+"""LLaMA-Factory route: the YAML files written from one set of settings (the real run is in notebook 06)."""
+
+import pytest
+import yaml
+
+from llmkit import llamafactory as lf
+from llmkit.errors import BadInput
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return lf.LoraSettings("/models/qwen2", str(tmp_path / "data"), str(tmp_path / "lora"), str(tmp_path / "merged"),
+                           cutoff_len=256, max_steps=30, bf16=False)
+
+
+def test_configs_come_from_the_same_settings(settings, tmp_path):
+    paths = lf.write_configs(settings, tmp_path / "configs")
+    train, export, chat = (yaml.safe_load(paths[n].read_text()) for n in ("train", "export", "chat"))
+    assert train["finetuning_type"] == export["finetuning_type"] == chat["finetuning_type"] == "lora"
+    assert train["model_name_or_path"] == export["model_name_or_path"] == chat["model_name_or_path"] == "/models/qwen2"
+    assert export["adapter_name_or_path"] == chat["adapter_name_or_path"] == train["output_dir"]
+    assert train["template"] == export["template"] == chat["template"] == "qwen"
+    assert (train["lora_target"], train["cutoff_len"], train["max_steps"], train["plot_loss"]) == ("all", 256, 30, True)
+    assert train["overwrite_output_dir"] is False and train["trust_remote_code"] is False
+    assert train["val_size"] == 0.1 and export["export_dir"] == settings.export_dir
+    assert train["default_system"] == export["default_system"] == chat["default_system"] == "You are a helpful assistant."
+
+
+def test_configs_are_not_overwritten_unless_asked(settings, tmp_path):
+    paths = lf.write_configs(settings, tmp_path / "configs")
+    paths["train"].write_text("mine")
+    with pytest.raises(BadInput, match="exist already"):
+        lf.write_configs(settings, tmp_path / "configs")
+    assert paths["train"].read_text() == "mine"
+    lf.write_configs(settings, tmp_path / "configs", overwrite=True)
+    assert yaml.safe_load(paths["train"].read_text())["stage"] == "sft"
+
+
+def test_only_train_and_export_run_through_the_cli(tmp_path):
+    with pytest.raises(BadInput, match="'train' or 'export'"):
+        lf.run_cli("chat", tmp_path / "chat.yaml")
+
+
+def test_a_failing_cli_reports_its_log(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    cli = venv / "bin" / "llamafactory-cli"
+    cli.write_text("#!/bin/sh\necho 'ValueError: Output directory already exists and is not empty.'\nexit 1\n")
+    cli.chmod(0o755)
+    config = tmp_path / "train.yaml"
+    config.write_text("stage: sft\n")
+    with pytest.raises(RuntimeError, match="llamafactory-cli train failed \\(exit 1.*Output directory already exists"):
+        lf.run_cli("train", config, venv=venv)
+
+
+def test_a_notebook_matplotlib_backend_does_not_leak_into_llamafactory(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    cli = venv / "bin" / "llamafactory-cli"
+    cli.write_text('#!/bin/sh\necho "backend=$MPLBACKEND"\n')
+    cli.chmod(0o755)
+    config = tmp_path / "train.yaml"
+    config.write_text("stage: sft\n")
+    result = lf.run_cli("train", config, venv=venv)
+    assert "backend=Agg" in open(result["log"]).read()
