@@ -41,26 +41,26 @@ def test_only_train_and_export_run_through_the_cli(tmp_path):
         lf.run_cli("chat", tmp_path / "chat.yaml")
 
 
-def test_a_failing_cli_reports_its_log(tmp_path):
+def fake_cli(tmp_path, script: str):
+    """A venv whose llamafactory-cli is ``script`` (shell), and a train.yaml for it."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     cli = venv / "bin" / "llamafactory-cli"
-    cli.write_text("#!/bin/sh\necho 'ValueError: Output directory already exists and is not empty.'\nexit 1\n")
+    cli.write_text("#!/bin/sh\n" + script)
     cli.chmod(0o755)
     config = tmp_path / "train.yaml"
     config.write_text("stage: sft\n")
+    return venv, config
+
+
+def test_a_failing_cli_reports_its_log(tmp_path):
+    venv, config = fake_cli(tmp_path, "echo 'ValueError: Output directory already exists and is not empty.'\nexit 1\n")
     with pytest.raises(RuntimeError, match="llamafactory-cli train failed \\(exit 1.*Output directory already exists"):
         lf.run_cli("train", config, venv=venv)
 
 
 def test_a_notebook_matplotlib_backend_does_not_leak_into_llamafactory(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    cli = venv / "bin" / "llamafactory-cli"
-    cli.write_text('#!/bin/sh\necho "backend=$MPLBACKEND"\n')
-    cli.chmod(0o755)
-    config = tmp_path / "train.yaml"
-    config.write_text("stage: sft\n")
+    venv, config = fake_cli(tmp_path, 'echo "backend=$MPLBACKEND"\n')
     result = lf.run_cli("train", config, venv=venv)
     assert "backend=Agg" in open(result["log"]).read()
