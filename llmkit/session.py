@@ -13,8 +13,10 @@ the history and drops the oldest turns only when the conversation no longer fits
 
 from __future__ import annotations
 
+import queue
+import threading
 import warnings
-from typing import Callable
+from typing import Callable, Iterator
 
 from llmkit.chat import generate_reply
 from llmkit.errors import BadInput
@@ -71,6 +73,45 @@ class ChatSession:
         self.history += [question, {"role": "assistant", "content": reply}]
         return reply
 
+    def stream(self, text: str) -> Iterator[str]:
+        """``ask`` as a generator: yields the reply piece by piece while ``generate`` runs in a background thread
+        (what a web page needs, e.g. ``st.write_stream``). The turn joins the history once the reply is complete;
+        errors from ``ask`` (e.g. ``BadInput``) are raised from the generator.
+
+        Closing the generator early (a page that reruns, a client that goes away) stops generation at the next
+        token and leaves the history unchanged.
+
+        >>> "".join(chat.stream("Hello"))  # doctest: +SKIP
+        'Hello! I am the tiny llmkit test model.'
+        """
+        pieces: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        failure: list[BaseException] = []
+
+        def on_token(piece: str) -> None:
+            if stop.is_set():
+                raise _Stopped
+            pieces.put(piece)
+
+        def run() -> None:
+            try:
+                self.ask(text, on_token=on_token)
+            except BaseException as error:  # handed to the consumer below
+                failure.append(error)
+            finally:
+                pieces.put(_DONE)
+
+        worker = threading.Thread(target=run, name="ChatSession.stream", daemon=True)
+        worker.start()
+        try:
+            while (piece := pieces.get()) is not _DONE:
+                yield piece
+        finally:
+            stop.set()
+            worker.join()
+        if failure:
+            raise failure[0]
+
     def reset(self) -> None:
         """Forget the conversation (the system prompt stays).
 
@@ -104,3 +145,10 @@ class ChatSession:
             warnings.warn(f"dropped the {dropped} oldest turn(s) of the conversation: with max_new_tokens="
                           f"{self.max_new_tokens} they no longer fit max_context_tokens={self.max_context_tokens}",
                           stacklevel=3)
+
+
+class _Stopped(Exception):
+    """Raised inside ``generate`` (from the streamer) when the consumer of ``ChatSession.stream`` closed it."""
+
+
+_DONE = object()  # end-of-reply marker in ChatSession.stream's queue

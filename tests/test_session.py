@@ -1,5 +1,7 @@
 """ChatSession on the qwen2-chat stand-in, which memorised history-dependent answers (see qa_pairs.json)."""
 
+import time
+
 import pytest
 
 import llmkit
@@ -87,3 +89,44 @@ def test_a_message_too_long_for_the_context_is_bad_input(model_and_tokenizer):
                                        r"shorten it or raise max_context_tokens"):
         chat.ask(long_message)
     assert chat.history == before and chat.dropped_turns == 0  # the earlier turn was not dropped in vain
+
+
+def test_stream_yields_the_reply_in_pieces_and_keeps_the_turn(model_and_tokenizer):
+    chat = ChatSession(*model_and_tokenizer, **GREEDY)
+    pieces = list(chat.stream("我叫小明。"))
+    assert len(pieces) > 1 and "".join(pieces) == "你好，小明！"
+    assert "".join(chat.stream("我叫什么名字？")) == "你叫小明。"  # the streamed turn is in the history
+    assert [m["content"] for m in chat.history] == ["我叫小明。", "你好，小明！", "我叫什么名字？", "你叫小明。"]
+
+
+def test_closing_a_stream_early_stops_generation_and_keeps_no_turn(model_and_tokenizer, monkeypatch):
+    import llmkit.session
+
+    generated, generate_reply = [], llmkit.session.generate_reply
+
+    def slow_piece(piece, on_token):  # slow enough that the reply cannot finish before close() below
+        generated.append(piece)
+        time.sleep(0.05)
+        on_token(piece)
+
+    def counting_reply(*args, on_token, **kwargs):
+        return generate_reply(*args, on_token=lambda piece: slow_piece(piece, on_token), **kwargs)
+
+    monkeypatch.setattr(llmkit.session, "generate_reply", counting_reply)
+    chat = ChatSession(*model_and_tokenizer, **GREEDY)
+    full = list(chat.stream("Who are you?"))
+    assert "".join(full) == "I am a tiny stand-in model for testing the course notebooks."
+    chat.reset()
+    generated.clear()
+    stream = chat.stream("Who are you?")
+    assert next(stream) == full[0]
+    stream.close()  # returns once the generating thread has stopped
+    assert chat.history == []
+    assert len(generated) < len(full)  # generation stopped early, not after the whole reply
+
+
+def test_stream_raises_what_ask_raises_and_keeps_the_history(model_and_tokenizer):
+    chat = ChatSession(*model_and_tokenizer, max_new_tokens=10, max_context_tokens=64, **GREEDY)
+    with pytest.raises(BadInput, match="context budget of 64 tokens"):
+        list(chat.stream("你好" * 100))
+    assert chat.history == []
