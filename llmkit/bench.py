@@ -15,8 +15,8 @@ decode_fast_h100.json``, H100, batch 1: Qwen2-72B GPTQ-Int4 11.0 tok/s plain, 7.
 35.8 CUDA graph, 42.5 CUDA graph + compile): ``hf-graph-compile`` on CUDA; on the CPU, where there are no CUDA
 graphs and compiling only costs time, plain ``hf``.
 
-``llmkit.bench_engines`` adds ``llamacpp`` and ``vllm`` on the same workload; ``timed_runs`` and ``result`` are
-the shared measuring code.
+``llmkit.bench_engines`` adds ``llamacpp`` and ``vllm`` on the same workload; ``llmkit.bench_result`` holds the
+shared measuring code.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import contextlib
 import copy
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers import ContinuousBatchingConfig
 from transformers.generation.streamers import BaseStreamer
 
+from llmkit.bench_result import BenchResult, result, timed_runs  # noqa: F401  (BenchResult: public here too)
 from llmkit.fastdecode import GraphDecoder
 
 BACKENDS = ("hf", "hf-static", "hf-cb", "hf-graph", "hf-graph-compile")
@@ -41,32 +41,6 @@ GIB = 2**30
 GREEDY = {"do_sample": False, "eos_token_id": -1, "repetition_penalty": 1.0}
 _TEXT = ("大语言模型把文本切成词元，逐个预测下一个词元。Large language models read tokens and predict the next one, "
          "step by step, reusing the keys and values of earlier tokens from a cache. ")
-
-
-@dataclass
-class BenchResult:
-    """One backend on one workload: ``tokens_per_s`` counts generated tokens of all prompts (median run)."""
-
-    backend: str
-    prompts: int
-    prompt_tokens: int
-    new_tokens: int
-    warm_up_s: float
-    runs_s: list[float]
-    tokens_per_s: float
-    time_to_first_token_s: float | None  # None where the engine does not report it
-    peak_memory_gib: float | None
-    outputs: list[list[int]] = field(repr=False)
-    details: dict = field(default_factory=dict)  # backend-specific, e.g. GraphDecoder's prefill/capture/decode seconds
-
-    def to_dict(self) -> dict:
-        """JSON-ready fields without the generated token ids, plus ``requests_per_s`` (what the seed reports).
-
-        >>> BenchResult("hf", 2, 8, 4, 0.1, [0.4], 20.0, 0.05, None, [[1, 2, 3, 4]] * 2).to_dict()["requests_per_s"]
-        5.0
-        """
-        row = {k: v for k, v in asdict(self).items() if k != "outputs"}
-        return {**row, "requests_per_s": round(self.tokens_per_s / self.new_tokens, 2)}
 
 
 def workload(tokenizer, prompts: int = 25, prompt_tokens: int = 64) -> list[list[int]]:
@@ -209,38 +183,3 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
     details = {"graph_decoder_timings_last_run": decoder.timings} if decoder else {}
     return result(backend, prompts, new_tokens, warm_up_s, runs,
                   peak_memory_gib=round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None, details=details)
-
-
-def timed_runs(once, repeats: int) -> tuple[float, list[tuple[list[list[int]], float | None, float]]]:
-    """Call ``once()`` for a warm-up, then ``repeats`` times; returns the warm-up seconds and the timed runs.
-
-    ``once`` returns (new token ids per prompt, seconds to the first new token or None, seconds in all).
-
-    >>> timed_runs(lambda: ([[1]], 0.1, 0.2), repeats=2)[1]
-    [([[1]], 0.1, 0.2), ([[1]], 0.1, 0.2)]
-    """
-    start = time.perf_counter()
-    once()
-    warm_up_s = time.perf_counter() - start
-    return warm_up_s, [once() for _ in range(repeats)]
-
-
-def result(backend: str, prompts: list[list[int]], new_tokens: int, warm_up_s: float, runs: list,
-           peak_memory_gib: float | None = None, details: dict | None = None) -> BenchResult:
-    """A ``BenchResult`` from ``timed_runs``' runs (median run counts); refuses runs that stopped early.
-
-    >>> result("hf", [[1, 2]], 1, 0.5, [([[7]], 0.1, 0.25)]).tokens_per_s
-    4.0
-    """
-    outputs = runs[-1][0]
-    lengths = {len(o) for o in outputs}
-    if lengths != {new_tokens}:
-        raise RuntimeError(f"{backend} produced {sorted(lengths)} new tokens per prompt instead of {new_tokens}")
-    seconds = sorted(r[2] for r in runs)
-    firsts = sorted(r[1] for r in runs if r[1] is not None)
-    return BenchResult(
-        backend=backend, prompts=len(prompts), prompt_tokens=max(len(p) for p in prompts), new_tokens=new_tokens,
-        warm_up_s=round(warm_up_s, 2), runs_s=[round(r[2], 3) for r in runs],
-        tokens_per_s=round(len(prompts) * new_tokens / seconds[len(seconds) // 2], 1),
-        time_to_first_token_s=round(firsts[len(firsts) // 2], 4) if firsts else None,
-        peak_memory_gib=peak_memory_gib, outputs=outputs, details=details or {})

@@ -14,10 +14,13 @@ greedy tokens each, end-of-sequence ignored) and return the same ``BenchResult``
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from llmkit.bench import result, timed_runs
+from llmkit.bench_result import BenchResult, result, timed_runs
 from llmkit.errors import BadInput
 
 ENGINES = {  # backend: (Python package, how to get it)
@@ -80,6 +83,24 @@ def bench_llamacpp(gguf: str | Path, prompts: list[list[int]], new_tokens: int =
                "gguf": Path(gguf).name, "llama_cpp_python": llama_cpp.__version__}
     llm.close()
     return result("llamacpp", prompts, new_tokens, warm_up_s, runs, details=details)
+
+
+def bench_llamacpp_isolated(gguf: str | Path, prompts: list[list[int]], new_tokens: int = 128, repeats: int = 3,
+                            **options) -> BenchResult:
+    """``bench_llamacpp`` in a fresh Python process that never imports torch.
+
+    On the H100 here, llama-cpp-python's CUDA build crashed (SIGSEGV) in any process that had imported torch,
+    whose wheels bring their own CUDA libraries; the two sets clash. ``llmkit bench`` runs llama.cpp this way.
+
+    >>> bench_llamacpp_isolated("/tmp/qwen2-chat-f16.gguf", [[9707, 11]], new_tokens=8, repeats=1)  # doctest: +SKIP
+    """
+    job = json.dumps({"gguf": str(gguf), "prompts": prompts, "new_tokens": new_tokens, "repeats": repeats, **options})
+    code = ("import json, sys; from dataclasses import asdict; from llmkit.bench_engines import bench_llamacpp; "
+            "print(json.dumps(asdict(bench_llamacpp(**json.loads(sys.stdin.read())))))")
+    done = subprocess.run([sys.executable, "-c", code], input=job, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the llama.cpp process failed (exit code {done.returncode}): {done.stderr[-1500:]}")
+    return BenchResult(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def bench_vllm(model_dir: str | Path, prompts: list[list[int]], new_tokens: int = 128, repeats: int = 3, **llm_args):

@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import llama_cpp
 import pytest
@@ -9,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmkit import gguf
 from llmkit.bench import bench, workload
-from llmkit.bench_engines import bench_llamacpp
+from llmkit.bench_engines import bench_llamacpp, bench_llamacpp_isolated
 from llmkit.cli import main
 from llmkit.errors import BadInput
 from llmkit.standins.qwen2_chat import greedy_answer, load_qa_pairs
@@ -99,6 +101,18 @@ def test_llamacpp_backend_decodes_what_transformers_decodes(chat_dir, f16):
     ours = bench_llamacpp(f16, prompts, new_tokens=8, repeats=1).outputs
     theirs = [bench(model, tokenizer, "hf", [p], new_tokens=8, repeats=1).outputs[0] for p in prompts]
     assert ours == theirs
+
+
+def test_isolated_llamacpp_run_gives_the_same_tokens_without_torch(chat_dir, f16, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(chat_dir)
+    prompts = workload(tokenizer, prompts=2, prompt_tokens=8)
+    isolated = bench_llamacpp_isolated(f16, prompts, new_tokens=6, repeats=1)
+    assert isolated.outputs == bench_llamacpp(f16, prompts, new_tokens=6, repeats=1).outputs
+    assert isolated.details["eval_tokens_per_s"] > 0
+    probe = "import sys, llmkit.bench_engines; sys.exit('torch' in sys.modules)"  # the child imports only this
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
+    with pytest.raises(RuntimeError, match="does not exist"):
+        bench_llamacpp_isolated(tmp_path / "missing.gguf", prompts, new_tokens=2, repeats=1)
 
 
 def test_gguf_command_converts_quantizes_and_refuses_to_overwrite(chat_dir, tmp_path, capsys):

@@ -46,6 +46,8 @@ def _check(args) -> None:
     if "llamacpp" in args.backend and args.gguf is None:
         raise BadInput("the llamacpp backend needs --gguf FILE, a GGUF of the same model; "
                        "make one with: llmkit gguf MODEL FILE")
+    if args.gguf is not None and not args.gguf.is_file():
+        raise BadInput(f"GGUF file {args.gguf} does not exist; make one with: llmkit gguf MODEL FILE")
 
 
 def run(args) -> tuple[dict, int]:
@@ -110,7 +112,7 @@ def _bench_one(backend: str, args, hf_model, tokenizer, model_dir, prompts):
     from llmkit.bench import bench
 
     if backend == "llamacpp":
-        return bench_engines.bench_llamacpp(args.gguf, prompts, args.output_len, args.repeats)
+        return bench_engines.bench_llamacpp_isolated(args.gguf, prompts, args.output_len, args.repeats)
     if backend == "vllm":
         return bench_engines.bench_vllm(model_dir, prompts, args.output_len, args.repeats)
     return bench(hf_model(), tokenizer, backend, prompts, new_tokens=args.output_len, repeats=args.repeats)
