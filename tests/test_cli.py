@@ -137,3 +137,13 @@ def test_json_needs_a_prompt():
     result = llmkit("chat", "--json")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["llmkit: error: --json needs -p PROMPT (the interactive chat prints text)"]
+
+
+def test_chat_with_a_missing_path_says_so_in_one_line(tmp_path):
+    missing = tmp_path / "no-such-model"
+    result = subprocess.run([sys.executable, "-m", "llmkit.cli", "chat", str(missing), "-p", "hi"],
+                            capture_output=True, text=True, cwd=tmp_path,
+                            env={**__import__("os").environ, "LLMKIT_STANDIN": ""})
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        f"llmkit: error: model {str(missing)!r} is not on this machine; check the path"]

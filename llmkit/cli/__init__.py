@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotFound as error:
         if args.debug:
             raise
-        print(f"llmkit: error: model {error.model!r} is not on this machine; download it with: {error.commands[0]}",
-              file=sys.stderr)
+        how = f"download it with: {error.commands[0]}" if error.commands else "check the path"  # a path has no hub id
+        print(f"llmkit: error: model {error.model!r} is not on this machine; {how}", file=sys.stderr)
         return EXIT_NOT_FOUND
     except (BadInput, KeyError, LookupError) as error:
         if args.debug:

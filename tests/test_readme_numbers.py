@@ -1,0 +1,19 @@
+"""The README's llama.cpp table quotes benchmarks/results/gguf_h100.json: every measured number must be there."""
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gguf_table_quotes_the_result_file():
+    readme = (ROOT / "README.md").read_text()
+    report = json.loads((ROOT / "benchmarks" / "results" / "gguf_h100.json").read_text())
+    for run in report["runs"]:
+        assert f"{run['eval_tokens_per_s']} tok/s" in readme, run
+        assert f"{run['prompt_eval_tokens_per_s']:,.0f} tok/s" in readme, run
+        assert f"{run['load_s']} s" in readme, run
+    for step in report["offload_sweep"]:
+        assert str(step["eval_tokens_per_s"]) in readme, step
+    builds = json.loads((ROOT / "benchmarks" / "results" / "llamacpp_build.json").read_text())["builds"]
+    assert all(f"{b['seconds']}" in readme for b in builds)
