@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmkit.errors import BadInput
+from llmkit.errors import BadInput, LlmkitError
 
 CONNECT_TIMEOUT_S = 5
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -51,7 +51,7 @@ class ModelNotFound(LookupError):
         super().__init__(f"model {model!r} is not on this machine. Searched:{places}{how}")
 
 
-class DownloadFailed(RuntimeError):
+class DownloadFailed(LlmkitError, RuntimeError):
     """A download did not give a complete model; ``attempts`` says what happened with each source.
 
     >>> DownloadFailed("could not download", [{"source": "hf", "ok": False}]).attempts[0]["source"]

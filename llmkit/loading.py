@@ -14,7 +14,7 @@ import torch
 from accelerate.utils import convert_file_size_to_int
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from llmkit.errors import BadInput
+from llmkit.errors import BadInput, LlmkitError
 from llmkit.hub import locate
 from llmkit.memory import estimate
 from llmkit.xverse import with_xverse_chat_template, xverse_llama_config
@@ -22,8 +22,10 @@ from llmkit.xverse import with_xverse_chat_template, xverse_llama_config
 GIB = 2**30
 
 
-class WontFit(RuntimeError):
-    """The estimate says the model does not fit the free memory; nothing was loaded."""
+class WontFit(LlmkitError, RuntimeError):
+    """The estimate says the model does not fit the free memory; nothing was loaded (CLI exit code 4)."""
+
+    exit_code = 4
 
 
 def choose_dtype(config, cuda: bool, bf16_supported: bool) -> tuple[torch.dtype, str]:

@@ -35,13 +35,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.errors import BadInput
+from llmkit.errors import BadInput, LlmkitError
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 LOG_TAIL_LINES = 30
 
 
-class ServerFailed(RuntimeError):
+class ServerFailed(LlmkitError, RuntimeError):
     """The server exited before it was ready, or did not get ready in time; the message ends with its log tail.
 
     >>> issubclass(ServerFailed, RuntimeError)

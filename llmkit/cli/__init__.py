@@ -1,8 +1,11 @@
 """``llmkit`` command line: one subcommand per module, each a parser builder plus a function returning data.
 
 Exit codes: 0 success; 1 the command ran and found a failure (doctor FAIL, an incomplete model, a failed
-download, a benchmark backend that failed, llama.cpp's converter failed); 2 bad input (usage, unknown stand-in or model id, a model without a stand-in in stand-in mode);
-3 model not found on disk (any command that needs it; the line says how to download it).
+download, a benchmark backend that failed, llama.cpp's converter failed, any other ``LlmkitError``, a full disk);
+2 bad input (usage, unknown stand-in or model id, a model without a stand-in in stand-in mode, an existing output);
+3 model not found on disk (any command that needs it; the line says how to download it); 4 the model will not
+fit the free memory (nothing was loaded); 130 interrupted (Ctrl-C). Errors are one line on stderr; ``--debug``
+shows the traceback.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import sys
 
 from llmkit.cli import (bench_cmd, chat_cmd, doctor_cmd, download_cmd, estimate_cmd, gguf_cmd, locate_cmd,
                         standin_cmd)
-from llmkit.errors import BadInput
+from llmkit.errors import BadInput, LlmkitError
 from llmkit.hub import ModelNotFound
 
 COMMANDS = [doctor_cmd, standin_cmd, chat_cmd, estimate_cmd, locate_cmd, download_cmd, bench_cmd, gguf_cmd]
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_WONT_FIT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,20 +46,40 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         data, code = args.run(args)
-    except ModelNotFound as error:
+    except KeyboardInterrupt:
+        print("llmkit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
         if args.debug:
             raise
-        how = f"download it with: {error.commands[0]}" if error.commands else "check the path"  # a path has no hub id
-        print(f"llmkit: error: model {error.model!r} is not on this machine; {how}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    except (BadInput, KeyError, LookupError) as error:
-        if args.debug:
-            raise
-        message = error.args[0] if error.args else str(error)
+        message, code = error_line(error)
         print(f"llmkit: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return code
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         args.render(data)
     return code
+
+
+def error_line(error: Exception) -> tuple[str, int]:
+    """The one line the CLI prints for ``error`` (newlines folded), and the exit code it exits with.
+
+    Errors llmkit raises on purpose carry their code; a full disk or another OS error is 1; anything else is a
+    bug, reported with its type and the ``--debug`` hint.
+
+    >>> error_line(BadInput("choose another folder"))
+    ('choose another folder', 2)
+    >>> error_line(OSError(28, "No space left on device"))
+    ('[Errno 28] No space left on device', 1)
+    """
+    if isinstance(error, ModelNotFound):
+        how = f"download it with: {error.commands[0]}" if error.commands else "check the path"  # a path has no hub id
+        return f"model {error.model!r} is not on this machine; {how}", EXIT_NOT_FOUND
+    if isinstance(error, (LlmkitError, LookupError)):
+        text = error.args[0] if isinstance(error, LookupError) and error.args else str(error)
+        return " ".join(str(text).split()), getattr(error, "exit_code", EXIT_BAD_INPUT)
+    if isinstance(error, OSError):
+        return " ".join(str(error).split()), EXIT_FAILED
+    return (f"unexpected {type(error).__name__}: {' '.join(str(error).split())} "
+            "(rerun with llmkit --debug ... for the traceback)", EXIT_FAILED)
