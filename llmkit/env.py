@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llmkit.errors import mask_secrets
 from llmkit.hub import hf_cache_dir
 
 COULD_NOT_COLLECT = "could not collect"
@@ -189,12 +190,13 @@ def ram() -> dict:
 
 
 def settings() -> dict[str, str | None]:
-    """Hub/cache environment variables; tokens appear only as "set (hidden)" or None.
+    """Hub/cache environment variables; tokens appear only as "set (hidden)" or None, a password in a mirror URL
+    as ``***`` (``llmkit.errors.mask_secrets``).
 
     >>> settings()["HF_TOKEN"] in (None, "set (hidden)")
     True
     """
-    values = {name: os.environ.get(name) for name in SETTINGS}
+    values = {name: mask_secrets(os.environ[name]) if os.environ.get(name) else None for name in SETTINGS}
     values.update({name: "set (hidden)" if os.environ.get(name) else None for name in SECRETS})
     return values
 

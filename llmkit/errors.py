@@ -7,8 +7,21 @@
 | ``llmkit.hub.ModelNotFound`` | 3 | the model is not on this machine |
 | ``llmkit.loading.WontFit`` | 4 | the model does not fit the free memory; nothing was loaded |
 
-Every message says what was wrong and what to do instead.
+Every message says what was wrong and what to do instead. ``mask_secrets`` hides tokens, keys and passwords in any
+text llmkit prints (the CLI passes every error line and ``--debug`` traceback through it).
 """
+
+import os
+import re
+
+SECRET_VARIABLE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)$", re.IGNORECASE)
+SECRET_PATTERNS = [
+    (re.compile(r"\bhf_[A-Za-z0-9]{20,}"), "hf_***"),  # a Hugging Face access token, wherever it came from
+    (re.compile(r"(?i)(bearer\s+)[^\s'\"]+"), r"\1***"),  # an Authorization header
+    (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), r"\1***@"),  # a password in a URL (a mirror with credentials)
+    (re.compile(r"(--(?:api-key|token|password)[ =])[^\s'\"]+"), r"\1***"),  # a key on a command line (vllm serve)
+]
+MIN_SECRET_LENGTH = 6  # shorter values ("1", "true") would mask ordinary words
 
 
 class LlmkitError(Exception):
@@ -29,3 +42,36 @@ class BadInput(LlmkitError):
     """
 
     exit_code = 2
+
+
+def secret_values() -> list[str]:
+    """Values to hide: environment variables named like a secret (``HF_TOKEN``, ``OPENAI_API_KEY``, ``*_PASSWORD``)
+    and the token ``hf auth login`` saved, longest first.
+
+    >>> os.environ["DEMO_TOKEN"] = "s3cr3t-value"; found = "s3cr3t-value" in secret_values(); del os.environ["DEMO_TOKEN"]
+    >>> found
+    True
+    """
+    values = {value for name, value in os.environ.items() if SECRET_VARIABLE.search(name)}
+    try:
+        from huggingface_hub import constants
+
+        values.add(open(constants.HF_TOKEN_PATH, encoding="utf-8").read().strip())
+    except (ImportError, OSError):  # no huggingface_hub, or no saved token: nothing more to hide
+        pass
+    return sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every secret value and anything shaped like a token, bearer header or URL password as ``***``.
+
+    >>> mask_secrets("GET https://me:pw123@mirror.example/x failed; Authorization: Bearer abc.def")
+    'GET https://me:***@mirror.example/x failed; Authorization: Bearer ***'
+    >>> mask_secrets("vllm serve m --api-key sk-123 --port 8000")
+    'vllm serve m --api-key *** --port 8000'
+    """
+    for value in secret_values():
+        text = text.replace(value, "***")
+    for pattern, replacement in SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text

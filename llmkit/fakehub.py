@@ -3,13 +3,20 @@ of ``HF_ENDPOINT`` (the variable that points huggingface_hub at a mirror).
 
 It answers the calls huggingface_hub 2.4's ``snapshot_download`` makes:
 
-* ``GET /api/models/{repo}/revision/{rev}``: model info, whose ``sha`` is the commit;
+* ``GET /api/models/{repo}`` and ``/api/models/{repo}/revision/{rev}``: model info, whose ``sha`` is the commit and
+  whose ``siblings`` list the files;
 * ``GET /api/models/{repo}/tree/{commit}?recursive=True``: the file listing (one page, no ``Link`` header);
 * ``HEAD`` and ``GET /{repo}/resolve/{rev}/{file}``: ``X-Repo-Commit``, ``ETag`` (git blob sha1; for LFS files
   also ``X-Linked-Etag`` = sha256 and ``X-Linked-Size``), ``Content-Length``, and ``Range: bytes=N-`` answered
   with 206 + ``Content-Range`` so interrupted downloads can resume.
 
-``cut(file, times)`` makes the next ``times`` GETs of a file stop at the file's middle and drop the connection.
+Failures to test against, each switched on by a method:
+
+* ``cut(file, times)``: the next ``times`` GETs of a file stop at the file's middle and drop the connection;
+* ``throttle(file, bytes_per_s, burst)``: a file is sent at that rate after its first ``burst`` bytes;
+* ``answer_status(code)``: every request is answered with that HTTP status (a mirror that is down: 500, 502, 403);
+* ``stall(only)``: requests (whose path contains ``only``) are accepted and never answered (a mirror that hangs).
+
 Use it as a context manager; it also shuts itself down after ``lifetime_s`` if a test forgets.
 """
 
@@ -19,12 +26,14 @@ import hashlib
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 LFS_SUFFIXES = (".safetensors", ".bin")
+SEND_CHUNK = 64 * 1024  # bytes written at a time (and between throttle pauses)
 
 
 class FakeHub:
@@ -50,6 +59,10 @@ class FakeHub:
         self.repo_id, self.files, self.commit = repo_id, files, COMMIT
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self._cuts: dict[str, int] = {}
+        self._throttles: dict[str, tuple[float, int]] = {}
+        self.status: int | None = None  # answer every request with this HTTP status (answer_status)
+        self.closing = threading.Event()  # set on exit; a stalled request waits for it
+        self.stalled: str | None = None  # requests whose path contains this are never answered (stall)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
@@ -68,6 +81,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.closing.set()
         self._timer.cancel()
         self._server.shutdown()
         self._server.server_close()
@@ -77,6 +91,47 @@ class FakeHub:
         """Cut the next ``times`` GET responses of ``filename`` at the file's middle (0 stops cutting)."""
         with self._lock:
             self._cuts[filename] = times
+
+    def throttle(self, filename: str, bytes_per_s: float | None, burst: int = 0) -> None:
+        """Send ``filename`` at ``bytes_per_s`` once its first ``burst`` bytes are out (None: full speed again).
+
+        >>> with FakeHub("Org/Tiny", {"a.bin": b"x"}) as hub:
+        ...     hub.throttle("a.bin", 1024, burst=512); hub.rate("a.bin", 0), hub.rate("a.bin", 512)
+        (None, 1024)
+        """
+        with self._lock:
+            if bytes_per_s is None:
+                self._throttles.pop(filename, None)
+            else:
+                self._throttles[filename] = (bytes_per_s, burst)
+
+    def rate(self, filename: str, offset: int) -> float | None:
+        """The rate to send ``filename`` at from byte ``offset`` (None: full speed)."""
+        with self._lock:
+            bytes_per_s, burst = self._throttles.get(filename, (None, 0))
+        return bytes_per_s if bytes_per_s and offset >= burst else None
+
+    def answer_status(self, status: int | None) -> None:
+        """Answer every request with HTTP ``status`` and a JSON error body (None: serve normally again).
+
+        >>> import urllib.request, urllib.error
+        >>> with FakeHub("Org/Tiny", {}) as hub:
+        ...     hub.answer_status(502)
+        ...     try: urllib.request.urlopen(hub.url + "/api/models/Org/Tiny")
+        ...     except urllib.error.HTTPError as error: error.code
+        502
+        """
+        self.status = status
+
+    def stall(self, only: str = "") -> None:
+        """Accept requests and never answer them (until the hub shuts down), like a mirror that hangs; with ``only``,
+        just the requests whose path contains it (e.g. "/resolve/": the listing works, the files hang).
+
+        >>> with FakeHub("Org/Tiny", {}) as hub:
+        ...     hub.stall("/resolve/"); hub.stalled
+        '/resolve/'
+        """
+        self.stalled = only
 
     def take_cut(self, filename: str) -> bool:
         """Whether this GET of ``filename`` is to be cut (counts it down)."""
@@ -119,10 +174,16 @@ class _Handler(BaseHTTPRequestHandler):
         hub: FakeHub = self.server.hub
         path = unquote(urlsplit(self.path).path)
         hub.requests.append((self.command, path, self.headers.get("Range")))
+        if hub.stalled is not None and hub.stalled in path:
+            hub.closing.wait()
+            self.close_connection = True
+            return None
+        if hub.status:
+            return self._json({"error": f"HTTP {hub.status}"}, hub.status)
         repo = re.escape(hub.repo_id)
         revisions = ("main", hub.commit)
-        if match := re.fullmatch(rf"/api/models/{repo}/revision/([^/]+)", path):
-            if match[1] not in revisions:
+        if match := re.fullmatch(rf"/api/models/{repo}(?:/revision/([^/]+))?", path):
+            if (match[1] or "main") not in revisions:
                 return self._error("RevisionNotFound")
             siblings = [{"rfilename": name} for name in sorted(hub.files)]
             return self._json({"id": hub.repo_id, "sha": hub.commit, "private": False, "siblings": siblings})
@@ -155,14 +216,26 @@ class _Handler(BaseHTTPRequestHandler):
         if not send_body:
             return
         stop = max(start, size // 2) if hub.take_cut(name) else size
-        self.wfile.write(data[start:stop])
-        self.wfile.flush()
+        try:
+            self._send(hub, name, data, start, stop)
+        except OSError:  # the client went away (killed, or it gave up): nothing more to send
+            self.close_connection = True
+            return
         if stop < size:  # promised size - start bytes, sent fewer: drop the connection like a failing network
             self.close_connection = True
 
-    def _json(self, payload) -> None:
+    def _send(self, hub: FakeHub, name: str, data: bytes, start: int, stop: int) -> None:
+        """Write data[start:stop] in chunks, pausing after each where ``throttle`` asks for a rate."""
+        for offset in range(start, stop, SEND_CHUNK):
+            chunk = data[offset:min(offset + SEND_CHUNK, stop)]
+            self.wfile.write(chunk)
+            self.wfile.flush()
+            if rate := hub.rate(name, offset):
+                time.sleep(len(chunk) / rate)
+
+    def _json(self, payload, status: int = 200) -> None:
         body = json.dumps(payload).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

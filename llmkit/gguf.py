@@ -7,8 +7,9 @@ The work is done by llama.cpp's maintained tools, not re-implemented here:
   ``LLAMA_CPP_DIR=/path/to/llama.cpp`` uses that one instead.
 - ``llama_cpp.llama_model_quantize`` (the C function behind ``llama-quantize``) makes q4_k_m, q5_k_m, q8_0.
 
-Both write to a temporary name in the target folder and rename it when complete, so an interrupted run never
-leaves a half-written file where a complete one is expected, and neither overwrites a file unless asked.
+Both write to a temporary name in the target folder and rename it when complete (``llmkit.safe_output``), so
+an interrupted run or a full disk never leaves a half-written file where a complete one is expected, and neither
+overwrites a file unless asked.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from llmkit.errors import BadInput
+from llmkit.safe_output import atomic_output, free_space, refuse_existing
 
 CONVERTER = "convert_hf_to_gguf.py"
 CONVERT_TYPES = ("f32", "f16", "bf16", "q8_0")  # what the converter writes directly
@@ -41,15 +43,10 @@ def converter_path() -> Path:
                    "(it unpacks it into the venv) or set LLAMA_CPP_DIR to a llama.cpp checkout")
 
 
-def _refuse_existing(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise BadInput(f"{out} exists already; choose another file name, remove it, or pass overwrite=True")
+def _check_out(out: Path, overwrite: bool) -> None:
+    refuse_existing(out, overwrite)
     if not out.parent.is_dir():
         raise BadInput(f"folder {out.parent} does not exist; create it first")
-
-
-def _partial_name(out: Path) -> Path:
-    return out.with_name(f".{out.name}.partial")
 
 
 def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str = "f16",
@@ -65,14 +62,12 @@ def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str =
     out, model_dir = Path(out), Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise BadInput(f"{model_dir} is not a Hugging Face model folder (no config.json)")
-    _refuse_existing(out, overwrite)
-    partial = _partial_name(out)
-    command = [sys.executable, str(converter_path()), str(model_dir), "--outfile", str(partial), "--outtype", outtype]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise RuntimeError(f"{CONVERTER} failed (exit {done.returncode}): {_last_lines(done.stderr)}")
-    partial.replace(out)
+    _check_out(out, overwrite)
+    with atomic_output(out, overwrite) as partial:
+        command = [sys.executable, str(converter_path()), str(model_dir), "--outfile", str(partial)]
+        done = subprocess.run([*command, "--outtype", outtype], capture_output=True, text=True)
+        if done.returncode != 0:  # a full disk shows as "OSError: [Errno 28] ..." here; atomic_output explains it
+            raise RuntimeError(f"{CONVERTER} failed (exit {done.returncode}): {_last_lines(done.stderr)}")
     return out
 
 
@@ -96,15 +91,21 @@ def quantize(src: str | os.PathLike, out: str | os.PathLike, method: str = "q4_k
     src, out = Path(src), Path(out)
     if not src.is_file():
         raise BadInput(f"{src} does not exist; convert the model first (llmkit.gguf.convert)")
-    _refuse_existing(out, overwrite)
+    _check_out(out, overwrite)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[method])
     params.nthread = threads
-    partial = _partial_name(out)
-    status = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), params)
-    if status != 0:
-        partial.unlink(missing_ok=True)
-        raise RuntimeError(f"llama.cpp could not quantize {src} to {method} (status {status}); "
-                           "is it a GGUF written by convert_hf_to_gguf.py?")
-    partial.replace(out)
+    with atomic_output(out, overwrite) as partial:
+        status = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), params)
+        if status != 0:
+            raise RuntimeError(f"llama.cpp could not quantize {src} to {method} (status {status}; its log says why): "
+                               + _quantize_hint(partial))
     return out
+
+
+def _quantize_hint(partial: Path) -> str:
+    """llama.cpp reports no errno; an output it had started shows the failure came while writing."""
+    if partial.exists():
+        return (f"it stopped while writing {partial.name} ({free_space(partial)}); if the disk is full, free some "
+                "space there or choose a folder on another disk")
+    return "is it a GGUF written by convert_hf_to_gguf.py?"

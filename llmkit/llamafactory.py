@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from llmkit.errors import BadInput
+from llmkit.safe_output import refuse_existing, write_text
 from llmkit.standins import llmkit_home
 
 REQUIREMENTS = "llamafactory-requirements.txt"
@@ -119,6 +120,8 @@ def chat_config(s: LoraSettings) -> dict:
 def write_configs(s: LoraSettings, folder: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Write ``train.yaml``, ``export.yaml`` and ``chat.yaml`` into ``folder``; returns their paths by name.
 
+    Existing files are refused unless ``overwrite=True``; each file appears complete or not at all.
+
     >>> sorted(write_configs(LoraSettings("m", "d", "o", "e"), "/tmp/lf-configs", overwrite=True))
     ['chat', 'export', 'train']
     """
@@ -127,12 +130,10 @@ def write_configs(s: LoraSettings, folder: str | Path, overwrite: bool = False) 
     folder = Path(folder)
     configs = {"train": train_config(s), "export": export_config(s), "chat": chat_config(s)}
     paths = {name: folder / f"{name}.yaml" for name in configs}
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        raise BadInput(f"{', '.join(existing)} exist already; pass overwrite=True or choose another folder")
+    refuse_existing(paths.values(), overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     for name, config in configs.items():
-        paths[name].write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        write_text(paths[name], yaml.safe_dump(config, sort_keys=False, allow_unicode=True), overwrite)
     return paths
 
 
@@ -182,15 +183,23 @@ def _logged(command: list[str], log: Path, what: str) -> None:
         raise RuntimeError(f"{what} failed (exit {done.returncode}; full log: {log}): {tail}")
 
 
-def run_cli(action: str, config: str | Path, venv: str | Path | None = None) -> dict:
+def run_cli(action: str, config: str | Path, venv: str | Path | None = None, overwrite: bool = False) -> dict:
     """``llamafactory-cli train|export CONFIG`` in LLaMA-Factory's venv; output to ``CONFIG.log`` beside it.
+
+    ``export`` refuses an existing ``export_dir`` unless ``overwrite=True`` (LLaMA-Factory would write into it);
+    ``train`` is guarded by LLaMA-Factory itself (``overwrite_output_dir: false``).
 
     >>> run_cli("train", "/tmp/lf-configs/train.yaml")  # doctest: +SKIP
     {'action': 'train', 'seconds': 41.2, 'log': '/tmp/lf-configs/train.yaml.log'}
     """
+    import yaml
+
     if action not in ("train", "export"):
         raise BadInput(f"action must be 'train' or 'export', got {action!r} (chat: use llmkit.llamafactory.chat)")
     venv, config = Path(venv or default_venv()), Path(config)
+    if action == "export":
+        export_dir = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("export_dir")
+        refuse_existing([export_dir] if export_dir else [], overwrite)
     log = config.with_name(config.name + ".log")
     start = time.perf_counter()
     _logged([str(venv / "bin" / "llamafactory-cli"), action, str(config)], log, f"llamafactory-cli {action}")

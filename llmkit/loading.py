@@ -1,12 +1,15 @@
 """``llmkit.load``: find a model on disk, check that it fits, then load it with the plain transformers API.
 
-It adds three things to ``AutoModelForCausalLM.from_pretrained``: the model is resolved with
-``llmkit.hub.locate`` (no hard-coded snapshot paths), the memory estimate is compared with what is free
-*before* anything is loaded, and the dtype is chosen for the GPU (bf16 where supported, fp16 otherwise).
+It adds these things to ``AutoModelForCausalLM.from_pretrained``: the model is resolved with
+``llmkit.hub.locate`` (no hard-coded snapshot paths); an incomplete or corrupted folder, pickle-only weights and
+a model that needs its own Python code are refused with a message saying what to do; the memory estimate is
+compared with what is free *before* anything is loaded; and the dtype is chosen for the GPU (bf16 where
+supported, fp16 otherwise).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from accelerate.utils import convert_file_size_to_int
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from llmkit.errors import BadInput, LlmkitError
-from llmkit.hub import locate
+from llmkit.hub import Located, locate
 from llmkit.memory import estimate
 from llmkit.xverse import with_xverse_chat_template, xverse_llama_config
 
@@ -26,6 +29,82 @@ class WontFit(LlmkitError, RuntimeError):
     """The estimate says the model does not fit the free memory; nothing was loaded (CLI exit code 4)."""
 
     exit_code = 4
+
+
+class IncompleteModel(LlmkitError):
+    """The model folder is incomplete or corrupted (``llmkit.hub.verify_model_dir``); nothing was loaded (exit 1).
+
+    >>> IncompleteModel("model.safetensors: truncated").exit_code
+    1
+    """
+
+
+def check_complete(found: Located, model: str) -> None:
+    """Raise ``IncompleteModel`` listing the problems ``locate`` found in the folder, and how to get it whole.
+
+    >>> from llmkit.hub import Located
+    >>> check_complete(Located(Path("/m"), "path", {"ok": False, "problems": ["config.json: missing"]}), "Org/M")
+    Traceback (most recent call last):
+    ...
+    llmkit.loading.IncompleteModel: the model folder /m is incomplete or corrupted: config.json: missing. ...
+    """
+    if found.report["ok"]:
+        return
+    problems = "; ".join(found.report["problems"])
+    raise IncompleteModel(
+        f"the model folder {found.path} is incomplete or corrupted: {problems}. Nothing was loaded. "
+        f"Download it again: {_download_command(model, found.path)} (it resumes an interrupted download; "
+        "delete a damaged file first if it stays damaged)")
+
+
+def _download_command(model: str, path: Path) -> str:
+    """``llmkit download ID`` for a hub id, or for a Hugging Face cache snapshot the id it belongs to."""
+    repo_folder = path.parent.parent.name
+    if path.parent.name == "snapshots" and repo_folder.startswith("models--"):
+        return "llmkit download " + repo_folder.removeprefix("models--").replace("--", "/")
+    if not Path(model).expanduser().exists():
+        return f"llmkit download {model}"
+    return f"llmkit download ORG/NAME --local-dir {path}"
+
+
+def check_weights_format(path: Path, allow_pickle: bool) -> bool:
+    """Whether the folder has safetensors weights; raise ``BadInput`` when it has only pickle (``*.bin``)
+    weights and ``allow_pickle`` is False: unpickling a file can run any code it carries.
+
+    >>> check_weights_format(Path("/no/such/folder"), allow_pickle=False)
+    False
+    """
+    safetensors = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()
+    pickles = sorted(file.name for file in path.glob("*.bin"))
+    if pickles and not safetensors and not allow_pickle:
+        raise BadInput(
+            f"{path} has only pickle weights ({', '.join(pickles)}): loading a pickle file can run any code it "
+            "carries. Prefer a safetensors copy of this model (most hub repositories have one); pass "
+            "allow_pickle=True (llmkit chat --allow-pickle) only if you trust its source.")
+    return safetensors
+
+
+def check_no_remote_code(path: Path) -> None:
+    """Raise ``BadInput`` when config.json names its own Python code (``auto_map``) for a model type transformers
+    does not have: llmkit never runs a model's code unless ``trust_remote_code=True`` is passed.
+
+    >>> from llmkit.standins import standin_path
+    >>> check_no_remote_code(standin_path("qwen2-chat"))  # a built-in Qwen2: nothing to refuse
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))  # check_complete has parsed it
+    auto_map = config.get("auto_map")
+    model_type = config.get("model_type") if auto_map else None
+    if not isinstance(auto_map, dict) or isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return
+    refs = [ref for value in auto_map.values() for ref in (value if isinstance(value, list) else [value]) if ref]
+    files = sorted({f"{str(ref).split('--')[-1].split('.')[0]}.py" for ref in refs})
+    raise BadInput(
+        f"{path} needs its own Python code ({', '.join(files)}, named by auto_map in config.json) for model_type "
+        f"{model_type!r}, which transformers does not have; llmkit does not run it. Read that code, "
+        "then load(..., trust_remote_code=True, revision='<commit>') if you trust it, or use a checkpoint of an "
+        "architecture transformers has.")
 
 
 def choose_dtype(config, cuda: bool, bf16_supported: bool) -> tuple[torch.dtype, str]:
@@ -114,8 +193,12 @@ def gptq_backend_config(config, cuda: bool, capability: tuple[int, int] | None, 
 
 def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", max_memory: dict | None = None,
          context: int = 4096, force: bool = False, trust_remote_code: bool = False, revision: str | None = None,
-         gptq_backend: str = "auto"):
-    """Locate, estimate, check and load a causal LM: returns ``(model, tokenizer)``.
+         gptq_backend: str = "auto", allow_pickle: bool = False):
+    """Locate, verify, estimate, check and load a causal LM: returns ``(model, tokenizer)``.
+
+    Refused before anything is estimated or loaded: an incomplete or corrupted folder (``IncompleteModel``, naming
+    each damaged or missing file), pickle-only weights (``*.bin``) unless ``allow_pickle=True``, and a model whose
+    config.json needs its own Python code. Where safetensors exist only they are loaded.
 
     ``quant`` is passed to the estimate (a GPTQ checkpoint's own quantization is the default); loading
     itself goes through transformers (GPTQ via optimum + gptqmodel, kernel from ``gptq_backend_config``). ``trust_remote_code`` is never implied:
@@ -128,12 +211,17 @@ def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", 
         if not revision:
             raise BadInput("trust_remote_code=True runs code from the model repository: pin it with revision='<commit>'")
         warnings.warn(f"trust_remote_code=True: running the repository's own Python code at revision {revision}")
-    path = Path(locate(model).path)
+    found = locate(model)
+    check_complete(found, model)
+    path = Path(found.path)
+    safetensors = check_weights_format(path, allow_pickle)
+    xverse = None if trust_remote_code else xverse_llama_config(path)  # XVERSE without remote code: the Llama route
+    if not (trust_remote_code or xverse):
+        check_no_remote_code(path)
     need = estimate(str(path), quant=quant, context=context)
     if not force:
         check_fits(need["total_gib"], model, max_memory)
     cuda = torch.cuda.is_available()
-    xverse = None if trust_remote_code else xverse_llama_config(path)  # XVERSE without remote code: the Llama route
     config = xverse or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     as_llama = {"config": xverse} if xverse else {}
     if dtype == "auto":
@@ -144,6 +232,7 @@ def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", 
     gptq = gptq_backend_config(config, cuda, capability, gptq_backend)
     loaded = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, device_map=device_map if cuda else None, max_memory=max_memory if cuda else None,
-        trust_remote_code=trust_remote_code, **as_llama, **({"quantization_config": gptq} if gptq else {}),
+        trust_remote_code=trust_remote_code, use_safetensors=safetensors or None, **as_llama,
+        **({"quantization_config": gptq} if gptq else {}),
     )
     return loaded, tokenizer

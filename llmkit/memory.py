@@ -23,6 +23,7 @@ import copy
 import json
 import math
 import os
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ GIB = 2**30
 CARD_SIZES_GIB = [24, 40, 48, 80, 141]  # RTX 4090 / A100-40G / L40S, A6000 / A100-80G, H100 / H200
 QUANTS = ("bf16", "fp16", "int8", "int4", "gptq-int4", "gptq-int8")
 TIGHT_HEADROOM = 0.10  # "fits, tight": less than 10% of the card left over
+MAX_SPLIT_GPUS = 64  # verdicts look for a device_map split over at most this many cards (a node has 8)
 
 # --- overhead constants, each with the reason it exists ---------------------------------------------------
 CUDA_CONTEXT_GIB = 0.5  # CUDA context + torch's kernel images: held outside PyTorch's allocator, seen by nvidia-smi
@@ -171,24 +173,27 @@ class ModelFacts:
         >>> ModelFacts.from_config(shipped_config("Qwen/Qwen2-7B-Instruct")).kv_heads
         4
         """
-        config = config.get("text_config") or config
-        try:
-            hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-            facts = dict(hidden=hidden, intermediate=int(config["intermediate_size"]),
-                         layers=int(config["num_hidden_layers"]), heads=heads, vocab=int(config["vocab_size"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise BadInput(f"{name}: config.json lacks a usable {error} (needs hidden_size, intermediate_size, "
-                           "num_hidden_layers, num_attention_heads, vocab_size)") from None
+        if "text_config" in config:
+            if not isinstance(config["text_config"], dict):
+                raise BadInput(f"{name}: config.json field text_config must be an object, got "
+                               f"{reprlib.repr(config['text_config'])}")
+            config, where = config["text_config"], "text_config."
+        else:
+            where = ""
+        facts = {attr: _whole(config, key, name, where) for attr, key in REQUIRED_FIELDS.items()}
+        hidden, heads = facts["hidden"], facts["heads"]
+        if hidden < heads and config.get("head_dim") is None:
+            raise BadInput(f"{name}: config.json field {where}hidden_size={hidden} is smaller than "
+                           f"num_attention_heads={heads} and there is no head_dim")
         model_type = str(config.get("model_type", ""))
-        quantization = config.get("quantization_config")
         return cls(name=name, **facts,
-                   kv_heads=int(config.get("num_key_value_heads") or heads),
-                   head_dim=int(config.get("head_dim") or hidden // heads),
+                   kv_heads=_whole(config, "num_key_value_heads", name, where, default=heads),
+                   head_dim=_whole(config, "head_dim", name, where, default=hidden // heads),
                    tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
                    attention_bias=bool(config.get("attention_bias", ATTENTION_BIAS.get(model_type, False))),
-                   max_positions=int(config.get("max_position_embeddings") or 0),
+                   max_positions=_whole(config, "max_position_embeddings", name, where, default=0),
                    torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
-                   quantization=dict(quantization) if isinstance(quantization, dict) else None)
+                   quantization=_quantization(config.get("quantization_config"), name, where))
 
     def linear_shapes(self) -> list[tuple[int, int]]:
         """(in_features, out_features) of one decoder layer's q, k, v, o, gate, up and down projections.
@@ -224,6 +229,49 @@ class ModelFacts:
         norms = 2 * self.hidden
         embeddings = self.vocab * self.hidden * (1 if self.tie_word_embeddings else 2)
         return embeddings + self.layers * (linear + bias + norms) + self.hidden
+
+
+REQUIRED_FIELDS = {"hidden": "hidden_size", "intermediate": "intermediate_size", "layers": "num_hidden_layers",
+                   "heads": "num_attention_heads", "vocab": "vocab_size"}
+MAX_FIELD = 2**31 - 1  # no real config.json number comes near: a bigger one is garbage (and would overflow floats)
+_REQUIRED = object()
+
+
+def _whole(config: dict, key: str, name: str, where: str = "", default=_REQUIRED, minimum: int = 1) -> int:
+    """``config[key]`` as a whole number from ``minimum`` to MAX_FIELD (``default`` when missing or null), else
+    ``BadInput`` naming the field.
+
+    >>> _whole({"hidden_size": 64.0}, "hidden_size", "m")
+    64
+    >>> _whole({"hidden_size": -1}, "hidden_size", "m")
+    Traceback (most recent call last):
+    ...
+    llmkit.errors.BadInput: m: config.json field hidden_size must be a whole number from 1 to 2147483647, got -1
+    """
+    value = config.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise BadInput(f"{name}: config.json lacks {where}{key} (needs {', '.join(REQUIRED_FIELDS.values())})")
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (minimum <= value <= MAX_FIELD) \
+            or value != int(value):
+        raise BadInput(f"{name}: config.json field {where}{key} must be a whole number from {minimum} to "
+                       f"{MAX_FIELD}, got {reprlib.repr(value)}")
+    return int(value)
+
+
+def _quantization(quant, name: str, where: str) -> dict | None:
+    """A copy of a quantization_config dict with its bit width and group size checked, or None when there is none.
+
+    >>> _quantization({"quant_method": "gptq", "bits": 4.0, "group_size": -1}, "m", "")
+    {'quant_method': 'gptq', 'bits': 4, 'group_size': -1}
+    """
+    if not isinstance(quant, dict):
+        return None
+    where = f"{where}quantization_config."
+    checked = {key: _whole(quant, key, name, where, default=None, minimum=-1)
+               for key in ("bits", "w_bit", "group_size", "q_group_size") if quant.get(key) is not None}
+    return {**quant, **checked}
 
 
 def shipped_models() -> list[str]:
@@ -438,8 +486,9 @@ def verdicts(estimate: dict, cards: list[float] | None = None) -> dict:
             verdict = "fits, tight"
         else:
             verdict = "does not fit"
-        needed = 1 if need <= card else None if "parts" not in estimate else next(  # no "parts": not splittable
-            (n for n in range(2, estimate["parts"]["layers"] + 1) if max(per_gpu_gib(estimate, n)) <= card), None)
+        most = min(estimate["parts"]["layers"], MAX_SPLIT_GPUS) if "parts" in estimate else 1  # no parts: no split
+        needed = 1 if need <= card else next(
+            (n for n in range(2, most + 1) if max(per_gpu_gib(estimate, n)) <= card), None)
         out[f"{card:g}"] = {"verdict": verdict, "headroom_gib": round(card - need, 2), "cards_needed": needed}
     return out
 

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.errors import BadInput, LlmkitError
+from llmkit.errors import BadInput, LlmkitError, mask_secrets
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 LOG_TAIL_LINES = 30
@@ -146,7 +146,7 @@ class Server:
         return self.process.poll() is None
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The last ``lines`` lines the server wrote (stdout and stderr together).
+        """The last ``lines`` lines the server wrote (stdout and stderr together), tokens and passwords masked.
 
         >>> print(server.log_tail(3))  # doctest: +SKIP
         INFO:     Uvicorn running on http://127.0.0.1:8000 (Press CTRL+C to quit)
@@ -155,7 +155,7 @@ class Server:
             log.seek(0, os.SEEK_END)
             log.seek(max(0, log.tell() - 64 * 1024))
             text = log.read().decode("utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return mask_secrets("\n".join(text.splitlines()[-lines:]))
 
 
 def _warn_about_exposure(host: str) -> None:
@@ -254,7 +254,7 @@ def serve(command: list[str], ready_path: str = "/v1/models", timeout_s: float =
 
 
 def _wait_until_ready(server: Server, ready_path: str, timeout_s: float) -> None:
-    shown = shlex.join(server.command)
+    shown = mask_secrets(shlex.join(server.command))
     deadline = time.monotonic() + timeout_s
     status: str | int = "not asked yet"
     while time.monotonic() < deadline:

@@ -1,7 +1,8 @@
 """A multi-turn chat that remembers: every turn sends the whole conversation so far, not just the last message.
 
 The seed tutorial rebuilt ``messages`` on every turn, so the model never saw earlier turns; ``ChatSession`` keeps
-the history and drops the oldest turns only when the conversation no longer fits the model's context.
+the history and, only when the conversation no longer fits the model's context, drops the oldest turns and then
+cuts the start of a message too long on its own.
 
 >>> import llmkit
 >>> chat = llmkit.ChatSession(*llmkit.load("Qwen/Qwen2-7B-Instruct"), do_sample=False)  # doctest: +SKIP
@@ -29,9 +30,16 @@ class ChatSession:
     own generation_config applies.
 
     The context budget is ``max_context_tokens`` (default ``model.config.max_position_embeddings``). When the
-    prompt plus ``max_new_tokens`` would exceed it, the oldest (user, assistant) turns are dropped from the
-    history, counted in ``dropped_turns``, and one warning says how many and why. If the new message alone (with
-    the system prompt) does not fit, ``ask`` raises ``llmkit.errors.BadInput`` and the history is unchanged.
+    prompt plus ``max_new_tokens`` would exceed it:
+
+    1. the oldest (user, assistant) turns are dropped from the history (counted in ``dropped_turns``);
+    2. if the new message does not fit even alone (with the system prompt and the chat template), it is truncated:
+       its *last* tokens are kept (the question usually ends a pasted text) and decoded back to text, so the history
+       holds what the model actually saw; the tokens cut are counted in ``cut_tokens``.
+
+    Either way one warning says what was dropped or cut and why. ``ask`` raises ``llmkit.errors.BadInput`` only when
+    not even the chat template, the system prompt and ``max_new_tokens`` fit. A failed turn (``BadInput``,
+    ``llmkit.chat.NonFiniteLogits``, a closed stream) leaves the history unchanged.
 
     >>> chat = ChatSession(model, tokenizer, max_new_tokens=128, do_sample=False)  # doctest: +SKIP
     >>> reply = chat.ask("My name is Alice.", on_token=lambda text: print(text, end=""))  # doctest: +SKIP
@@ -48,6 +56,7 @@ class ChatSession:
         self.generate_kwargs = generate_kwargs
         self.history: list[dict] = []
         self.dropped_turns = 0
+        self.cut_tokens = 0
 
     @property
     def messages(self) -> list[dict]:
@@ -66,11 +75,12 @@ class ChatSession:
         >>> chat.ask("What is my name?")  # doctest: +SKIP
         'Your name is Alice.'
         """
-        question = {"role": "user", "content": text}
-        self._fit(question)
-        reply = generate_reply(self.model, self.tokenizer, self.messages + [question], self.max_new_tokens,
-                               on_token=on_token, **self.generate_kwargs)
-        self.history += [question, {"role": "assistant", "content": reply}]
+        history, question, cut = self._fit({"role": "user", "content": text})
+        reply = generate_reply(self.model, self.tokenizer, self._with_system(history) + [question],
+                               self.max_new_tokens, on_token=on_token, **self.generate_kwargs)
+        self.dropped_turns += (len(self.history) - len(history)) // 2
+        self.cut_tokens += cut
+        self.history = history + [question, {"role": "assistant", "content": reply}]
         return reply
 
     def stream(self, text: str) -> Iterator[str]:
@@ -123,28 +133,44 @@ class ChatSession:
     def _with_system(self, history: list[dict]) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + history
 
-    def _prompt_tokens(self, history: list[dict], question: dict) -> int:
+    def _excess(self, history: list[dict], question: dict) -> int:
+        """Tokens by which the prompt plus ``max_new_tokens`` exceeds ``max_context_tokens`` (<= 0: it fits)."""
         prompt = self.tokenizer.apply_chat_template(self._with_system(history + [question]),
                                                     add_generation_prompt=True, tokenize=True, return_dict=True)
-        return len(prompt["input_ids"])
+        return len(prompt["input_ids"]) + self.max_new_tokens - self.max_context_tokens
 
-    def _fit(self, question: dict) -> None:
-        """Drop the oldest turns until the next prompt plus ``max_new_tokens`` fits ``max_context_tokens``."""
+    def _fit(self, question: dict) -> tuple[list[dict], dict, int]:
+        """(history, question, tokens cut) that fit the budget: the oldest turns dropped, then the message's start
+        cut; one warning says what went. The session itself is not changed."""
+        if (excess := self._excess([], {"role": "user", "content": ""})) > 0:
+            raise BadInput(
+                f"the chat template and system prompt need {self.max_context_tokens - self.max_new_tokens + excess} "
+                f"tokens before any message, plus max_new_tokens={self.max_new_tokens}: more than the context budget "
+                f"of {self.max_context_tokens} tokens; lower max_new_tokens, shorten the system prompt or raise "
+                "max_context_tokens")
         history = self.history
-        while (tokens := self._prompt_tokens(history, question)) + self.max_new_tokens > self.max_context_tokens:
-            if not history:
-                raise BadInput(
-                    f"the message needs {tokens} tokens (with the system prompt and chat template) plus "
-                    f"max_new_tokens={self.max_new_tokens}: more than the context budget of "
-                    f"{self.max_context_tokens} tokens; shorten it or raise max_context_tokens")
+        while history and self._excess(history, question) > 0:
             history = history[2:]
+        question, kept, total = self._truncate(question)
         dropped = (len(self.history) - len(history)) // 2
-        if dropped:
-            self.history = history
-            self.dropped_turns += dropped
-            warnings.warn(f"dropped the {dropped} oldest turn(s) of the conversation: with max_new_tokens="
-                          f"{self.max_new_tokens} they no longer fit max_context_tokens={self.max_context_tokens}",
-                          stacklevel=3)
+        budget = f"max_new_tokens={self.max_new_tokens}, no more fits max_context_tokens={self.max_context_tokens}"
+        if kept < total:
+            also = f"; the {dropped} oldest turn(s) were dropped too" if dropped else ""
+            warnings.warn(f"the message was cut to its last {kept} of {total} tokens ({total - kept} cut from its "
+                          f"start): with the chat template, the system prompt and {budget}{also}", stacklevel=3)
+        elif dropped:
+            warnings.warn(f"dropped the {dropped} oldest turn(s) of the conversation: with the new message and "
+                          f"{budget}", stacklevel=3)
+        return history, question, total - kept
+
+    def _truncate(self, question: dict) -> tuple[dict, int, int]:
+        """(question, tokens kept, tokens it had): the message's last tokens that fit without history, as text."""
+        ids = self.tokenizer(question["content"], add_special_tokens=False)["input_ids"]
+        kept = ids
+        while (excess := self._excess([], question)) > 0:  # ends: each round keeps fewer tokens; none always fit
+            kept = kept[excess:]
+            question = {**question, "content": self.tokenizer.decode(kept).lstrip("\ufffd")}  # no half character
+        return question, len(kept), len(ids)
 
 
 class _Stopped(Exception):

@@ -1,18 +1,23 @@
 """Plumbing around supervised fine-tuning with transformers + peft (notebook 06 shows the library calls).
 
 - ``tokenize_alpaca``: chat-template formatting with the loss masked on the prompt (labels -100), cut to a length;
-- ``prepare_output_dir``: never train over an existing folder unless asked; resume from its last checkpoint;
+- ``prepare_output_dir``: never train over an existing folder unless asked; resume from its last complete
+  checkpoint (``last_complete_checkpoint`` skips one whose save was interrupted);
 - ``plot_losses``: training and validation loss curves from ``trainer.state.log_history``;
 - ``refuse_quantized_merge`` and ``save_model``: merging LoRA into a GPTQ base is refused with the reason, and a
-  merged model is written to a temporary folder first and renamed when complete.
+  merged model is written to a temporary folder first and swapped in when complete (``llmkit.safe_output``).
 """
 
 from __future__ import annotations
 
-import shutil
+import json
+import re
+import warnings
+import zipfile
 from pathlib import Path
 
 from llmkit.errors import BadInput
+from llmkit.safe_output import atomic_output, refusal, remove
 from llmkit.sft_data import alpaca_messages
 
 IGNORE_INDEX = -100  # label value the loss skips (prompt and padding tokens)
@@ -52,26 +57,78 @@ def tokenize_alpaca(records: list[dict], tokenizer, cutoff_len: int = 1024):
 
 
 def prepare_output_dir(path: str | Path, overwrite: bool = False) -> str | None:
-    """Make ``path`` ready for ``Trainer``; returns its last checkpoint to resume from, or None for a fresh start.
+    """Make ``path`` ready for ``Trainer``; returns the last complete checkpoint to resume from, or None (fresh start).
 
-    A folder with checkpoints is resumed from (a killed run loses at most one ``save_steps`` interval). A
-    non-empty folder without checkpoints is refused unless ``overwrite=True``, which deletes it first.
+    A folder with checkpoints is resumed from (a killed run loses at most one ``save_steps`` interval; a checkpoint
+    whose save was interrupted is skipped with a warning; with none complete, training starts afresh). Any other
+    non-empty folder (or a file) is refused unless ``overwrite=True``, which deletes it first.
 
     >>> prepare_output_dir("/tmp/lora-out", overwrite=True) is None
     True
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     path = Path(path)
-    if overwrite and path.exists():
-        shutil.rmtree(path)
-    if path.is_dir() and any(path.iterdir()):
-        checkpoint = get_last_checkpoint(str(path))
-        if checkpoint is None:
-            raise BadInput(f"{path} exists and holds files but no checkpoint-*; choose another output folder "
-                           "or pass overwrite=True to delete it")
-        return checkpoint
+    if overwrite:
+        remove(path)
+    if path.is_dir() and any(path.glob("checkpoint-*")):
+        return last_complete_checkpoint(path)
+    if path.is_file() or path.is_dir() and any(path.iterdir()):
+        state = "is a file" if path.is_file() else "holds files but no checkpoint-* to resume from"
+        raise BadInput(refusal(path, state=state))
     path.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def last_complete_checkpoint(folder: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that was written completely, or None; others are warned about.
+
+    ``transformers.trainer_utils.get_last_checkpoint`` takes the highest N even when the run was killed while
+    saving it, and resuming from it then fails or starts from a broken state.
+
+    >>> last_complete_checkpoint("/tmp/llmkit-no-run-here") is None
+    True
+    """
+    found = [(_CHECKPOINT.match(p.name), p) for p in Path(folder).glob("checkpoint-*") if p.is_dir()]
+    steps = {int(match.group(1)): p for match, p in found if match}
+    for step in sorted(steps, reverse=True):
+        problem = checkpoint_problem(steps[step])
+        if problem is None:
+            return str(steps[step])
+        warnings.warn(f"skipped {steps[step]}: {problem}, so its save was interrupted; resuming from the newest "
+                      "complete checkpoint before it (the trainer rewrites this one when it gets there)", stacklevel=2)
+    return None
+
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_problem(checkpoint: str | Path) -> str | None:
+    """What is missing or cut short in a ``Trainer`` checkpoint folder, or None when it is complete.
+
+    ``Trainer`` writes ``trainer_state.json`` last; weights (safetensors) and optimizer, scheduler and RNG states
+    (``torch.save`` zip files) must be readable to their end.
+
+    >>> checkpoint_problem("/tmp")
+    'no trainer_state.json'
+    """
+    from safetensors import SafetensorError, safe_open
+
+    checkpoint = Path(checkpoint)
+    state = checkpoint / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except ValueError:
+        return "trainer_state.json is cut short"
+    for file in sorted(checkpoint.glob("*.safetensors")):
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except SafetensorError:  # "incomplete metadata, file not fully covered" for a file that ends early
+            return f"{file.name} is cut short"
+    for file in sorted([*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth"), *checkpoint.glob("*.bin")]):
+        if not zipfile.is_zipfile(file):
+            return f"{file.name} is cut short"
     return None
 
 
@@ -113,24 +170,14 @@ def refuse_quantized_merge(config) -> None:
 
 def save_model(model, tokenizer, out_dir: str | Path, overwrite: bool = False, max_shard_size: str = "2GB") -> Path:
     """``save_pretrained`` (safetensors shards) of model and tokenizer into a temporary folder beside
-    ``out_dir``, renamed to ``out_dir`` only when everything is written: a full disk or a kill never leaves a
-    half-written model where a complete one is expected. An existing ``out_dir`` is replaced only if asked.
+    ``out_dir``, swapped in only when everything is written: a full disk or a kill never leaves a half-written
+    model where a complete one is expected. An existing ``out_dir`` is replaced only if asked, and it survives a
+    failed save; a full disk raises ``LlmkitError`` saying how much room is left.
 
     >>> save_model(merged, tokenizer, "/tmp/merged")  # doctest: +SKIP
     PosixPath('/tmp/merged')
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise BadInput(f"{out_dir} exists already; choose another folder or pass overwrite=True to replace it")
-    partial = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with atomic_output(out_dir, overwrite) as partial:
         model.save_pretrained(partial, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    partial.rename(out_dir)
-    return out_dir
+    return Path(out_dir)

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from llmkit.errors import BadInput
+from llmkit.safe_output import refuse_existing, write_text
 
 IDENTITY = "identity"
 REQUIRED = ("instruction", "output")
@@ -52,19 +53,18 @@ def identity_records(name: str, author: str) -> list[dict]:
 
 
 def write_identity_dataset(folder: str | Path, name: str, author: str, overwrite: bool = False) -> Path:
-    """Write ``identity.json`` and ``dataset_info.json`` into ``folder`` (refuses to replace them unless asked).
+    """Write ``identity.json`` and ``dataset_info.json`` into ``folder`` (refuses to replace them unless asked;
+    each file appears complete or not at all, see ``llmkit.safe_output``).
 
     >>> write_identity_dataset("/tmp/data", "小K", "llmkit")  # doctest: +SKIP
     PosixPath('/tmp/data')
     """
     folder = Path(folder)
     files = {f"{IDENTITY}.json": identity_records(name, author), "dataset_info.json": {IDENTITY: {"file_name": f"{IDENTITY}.json"}}}
-    existing = [f for f in files if (folder / f).exists()]
-    if existing and not overwrite:
-        raise BadInput(f"{folder} already holds {', '.join(existing)}; pass overwrite=True or choose another folder")
+    refuse_existing([folder / f for f in files], overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     for file_name, content in files.items():
-        (folder / file_name).write_text(json.dumps(content, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        write_text(folder / file_name, json.dumps(content, ensure_ascii=False, indent=1) + "\n", overwrite)
     return folder
 
 
@@ -89,7 +89,7 @@ def check_dataset(folder: str | Path, tokenizer=None, cutoff_len: int | None = N
         file_name = entry.get("file_name") if isinstance(entry, dict) else None
         if not isinstance(file_name, str):
             problems.append(Problem("dataset_info.json", None, name, 'needs {"file_name": "<file>.json"}'))
-        elif not (folder / file_name).is_file():
+        elif not _is_file(folder / file_name):
             problems.append(Problem("dataset_info.json", None, name, f"names {file_name}, which is not in {folder}"))
         else:
             problems += check_alpaca_file(folder / file_name, tokenizer, cutoff_len)
@@ -133,8 +133,16 @@ def _record_problems(file: str, index: int, record: dict) -> list[Problem]:
     return problems
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False also for a name the system cannot look up (too long, a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _read_json(path: Path) -> tuple[object, Problem | None]:
-    if not path.is_file():
+    if not _is_file(path):
         return None, Problem(path.name, None, None, f"not found in {path.parent}")
     try:
         return json.loads(path.read_text(encoding="utf-8")), None
@@ -142,6 +150,8 @@ def _read_json(path: Path) -> tuple[object, Problem | None]:
         return None, Problem(path.name, None, None, f"broken JSON at line {error.lineno}, column {error.colno}: {error.msg}")
     except UnicodeDecodeError as error:
         return None, Problem(path.name, None, None, f"not UTF-8 text ({error.reason} at byte {error.start})")
+    except (ValueError, RecursionError) as error:  # a number over 4300 digits; lists nested thousands deep
+        return None, Problem(path.name, None, None, f"JSON that Python cannot read ({type(error).__name__}: {error})")
 
 
 def alpaca_messages(record: dict) -> list[dict]:

@@ -1,11 +1,14 @@
 """The streamlit chatbot under streamlit's AppTest (the page script runs in this process, no server, no browser),
 answered by the qwen2-chat stand-in, whose greedy answers are known (llmkit/standins/qa_pairs.json)."""
 
+import re
 import sys
 
 import pytest
 import streamlit as st
+import torch
 from streamlit.testing.v1 import AppTest
+from test_reliability_load import NAN_MESSAGE, copy_model, overflow, remote_code_model, truncate_shard
 from transformers import AutoTokenizer
 
 import llmkit.loading
@@ -151,3 +154,38 @@ def test_a_missing_model_is_a_clear_error_in_the_page(monkeypatch, tmp_path):
     assert "The model could not be loaded (ModelNotFound)" in at.error[0].value
     assert f"model '{tmp_path / 'no-model'}' is not on this machine. Searched:" in at.code[0].value
     assert not at.chat_input  # nothing to chat with
+
+
+# --- issue 7: failures are shown in the page, never a crash ---------------------------------------------------
+
+def open_model_page(monkeypatch, model):
+    monkeypatch.delenv("LLMKIT_STANDIN", raising=False)
+    monkeypatch.setattr(sys, "argv", [chatbot.__file__, "--model", str(model), "--temperature", "0"])
+    return open_page(temperature=None)
+
+
+def test_an_incomplete_model_is_a_clear_error_in_the_page(monkeypatch, tmp_path, chat_dir):
+    folder = copy_model(chat_dir, tmp_path / "damaged", copy=["model.safetensors"])
+    truncate_shard(folder)
+    at = open_model_page(monkeypatch, folder)
+    assert "The model could not be loaded (IncompleteModel)" in at.error[0].value
+    assert at.code[0].value.startswith(f"the model folder {folder} is incomplete or corrupted: model.safetensors: ")
+    assert not at.chat_input
+
+
+def test_the_page_never_runs_a_models_own_code(monkeypatch, tmp_path, chat_dir):
+    folder, sentinel = remote_code_model(chat_dir, tmp_path / "evil", "evil")
+    at = open_model_page(monkeypatch, folder)
+    assert "The model could not be loaded (BadInput)" in at.error[0].value
+    assert "needs its own Python code (configuration_evil.py, modeling_evil.py" in at.code[0].value
+    assert not sentinel.exists()
+
+
+def test_non_finite_logits_are_an_error_in_the_chat_not_a_crash(monkeypatch, tmp_path, chat_dir):
+    model, tokenizer = llmkit.loading.load(str(chat_dir), dtype=torch.float16)
+    monkeypatch.setattr(llmkit.loading, "load", lambda path, **kwargs: (overflow(model), tokenizer))
+    at = open_model_page(monkeypatch, tmp_path / "fp16-model")  # a path of its own: not a cached model
+    at.chat_input[0].set_value("你好").run()
+    assert not at.exception, at.exception
+    assert re.fullmatch(NAN_MESSAGE, at.error[0].value)
+    assert at.session_state.chat.history == []

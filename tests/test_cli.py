@@ -2,6 +2,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from llmkit.cli import main as cli_main
+from llmkit.errors import BadInput, LlmkitError
+from llmkit.loading import WontFit
+
 
 def llmkit(*args, env=None):
     import os
@@ -101,13 +107,13 @@ def test_interactive_system_command_sets_the_prompt_and_forgets(chat_dir, monkey
     assert "你好，小明！\n(new system prompt; conversation forgotten)\n" in out
 
 
-def test_interactive_message_too_long_is_reported_and_the_chat_goes_on_until_eof(chat_dir):
+def test_interactive_max_new_tokens_over_the_context_is_reported_and_the_chat_goes_on_until_eof(chat_dir):
     result, answers = chat_session("Hello\n\n", "Qwen/Qwen2-7B-Instruct", "--max-new-tokens", "40000",
                                    env={"LLMKIT_STANDIN": "1"})
     assert result.returncode == 0
     assert answers == ["", "", ""]  # no answer, the empty line, then end of input
-    assert result.stderr.strip().splitlines()[-1].startswith("llmkit: error: the message needs ")
-    assert "context budget of 32768 tokens; shorten it or raise max_context_tokens" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("llmkit: error: the chat template and system prompt need ")
+    assert "more than the context budget of 32768 tokens; lower max_new_tokens" in result.stderr
 
 
 def test_interactive_chat_ends_at_ctrl_c_with_exit_0(chat_dir, monkeypatch, capsys):
@@ -147,3 +153,25 @@ def test_chat_with_a_missing_path_says_so_in_one_line(tmp_path):
     assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
         f"llmkit: error: model {str(missing)!r} is not on this machine; check the path"]
+
+
+@pytest.mark.parametrize("raised, code, line", [
+    (KeyboardInterrupt(), 130, "llmkit: interrupted"),
+    (OSError(28, "No space left on device"), 1, "llmkit: error: [Errno 28] No space left on device"),
+    (LlmkitError("shard 2 is truncated;\n download it again"), 1, "llmkit: error: shard 2 is truncated; download it again"),
+    (BadInput("choose another folder"), 2, "llmkit: error: choose another folder"),
+    (WontFit("needs 140 GiB, 79 GiB free"), 4, "llmkit: error: needs 140 GiB, 79 GiB free"),
+    (ZeroDivisionError("division by zero"), 1,
+     "llmkit: error: unexpected ZeroDivisionError: division by zero (rerun with llmkit --debug ... for the traceback)"),
+])
+def test_every_error_is_one_line_with_its_documented_exit_code(raised, code, line, monkeypatch, capsys):
+    def fail(args):
+        raise raised
+
+    monkeypatch.setattr("llmkit.cli.standin_cmd.run", fail)
+    for debug in ([], ["--debug"]):
+        parser_args = debug + ["standin", "qwen2-chat"]
+        assert cli_main(parser_args) == code
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1] == line
+        assert ("Traceback" in err) == (bool(debug) and code != 130), "a traceback only with --debug"

@@ -122,7 +122,8 @@ def test_gguf_command_converts_quantizes_and_refuses_to_overwrite(chat_dir, tmp_
     assert report["type"] == "q5_k_m" and report["size_mib"] > 0 and out.is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["q5.gguf"]  # the f16 intermediate is gone
     assert main(["gguf", str(chat_dir), str(out)]) == 2
-    assert "exists already" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{out} exists already and was left untouched; choose another name or pass --overwrite" in err
 
 
 def test_bench_command_runs_llamacpp_next_to_hf(chat_dir, f16, capsys):

@@ -370,7 +370,7 @@ def test_auto_falls_back_to_modelscope_and_reports_both(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
     calls = []
 
-    def fake_modelscope(model_id, local_dir, revision):
+    def fake_modelscope(model_id, local_dir, revision, allow_pickle):
         calls.append((model_id, local_dir, revision))
         return make_model(tmp_path / "modelscope" / "models" / "Org--Tiny-1.5B" / "snapshots" / "master")
 
@@ -386,7 +386,7 @@ def test_auto_falls_back_to_modelscope_and_reports_both(tmp_path, monkeypatch):
 def test_auto_reports_every_attempt_when_all_fail(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
 
-    def failing_modelscope(model_id, local_dir, revision):
+    def failing_modelscope(model_id, local_dir, revision, allow_pickle):
         raise RuntimeError("NotExistError: repo Org/Tiny-1.5B not found\nsecond line\nthird line")
 
     monkeypatch.setitem(hub.SOURCES, "modelscope", failing_modelscope)

@@ -1,5 +1,7 @@
 """LLaMA-Factory route: the YAML files written from one set of settings (the real run is in notebook 06)."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -63,4 +65,25 @@ def test_a_notebook_matplotlib_backend_does_not_leak_into_llamafactory(tmp_path,
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     venv, config = fake_cli(tmp_path, 'echo "backend=$MPLBACKEND"\n')
     result = lf.run_cli("train", config, venv=venv)
-    assert "backend=Agg" in open(result["log"]).read()
+    assert "backend=Agg" in Path(result["log"]).read_text()
+
+
+@pytest.mark.parametrize("name", ["train", "export", "chat"])
+def test_every_config_keeps_remote_code_off_and_the_output_folder_protected(settings, tmp_path, name):
+    text = lf.write_configs(settings, tmp_path / "configs")[name].read_text()
+    config = yaml.safe_load(text)
+    assert config["trust_remote_code"] is False and "trust_remote_code: false\n" in text  # no code from the model repo
+    if name == "train":  # LLaMA-Factory then refuses a non-empty output_dir (or resumes from its checkpoint)
+        assert config["overwrite_output_dir"] is False and "overwrite_output_dir: false\n" in text
+
+
+def test_export_refuses_an_existing_export_folder_unless_asked(settings, tmp_path):
+    export = lf.write_configs(settings, tmp_path / "configs")["export"]
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "model.safetensors").write_bytes(b"an earlier export")
+    venv, _ = fake_cli(tmp_path, "exit 0\n")
+    with pytest.raises(BadInput, match=f"{merged} exists already .* pass overwrite=True to replace it"):
+        lf.run_cli("export", export, venv=venv)
+    assert (merged / "model.safetensors").read_bytes() == b"an earlier export"
+    assert lf.run_cli("export", export, venv=venv, overwrite=True)["action"] == "export"

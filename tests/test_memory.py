@@ -2,10 +2,15 @@
 config.json on disk, verdicts, the CLI, bad input."""
 
 import json
+import math
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from llmkit.errors import BadInput
 from llmkit.memory import (CARD_SIZES_GIB, PUBLISHED_MEASUREMENTS, QUANTS, check_published, estimate, fit_table,
@@ -240,3 +245,74 @@ def test_broken_config_is_bad_input(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 64}))
     with pytest.raises(BadInput, match="lacks"):
         estimate(tmp_path)
+
+
+# --- property-based: any config.json gives a finite estimate or BadInput naming the field ---------------------
+
+VALID = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "torch_dtype": "bfloat16"}
+FIELDS = [*VALID, "head_dim", "max_position_embeddings", "tie_word_embeddings", "attention_bias", "dtype",
+          "quantization_config", "text_config"]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6)
+numbers = st.one_of(st.integers(-3, 300), st.integers(2**31 - 2, 10**400), st.floats(-1e3, 1e3), st.floats(),
+                    st.sampled_from([0, -1, 1e308, 10**30, "64", True]))
+field_values = numbers | json_values
+quantization = st.fixed_dictionaries({}, optional={
+    "quant_method": st.sampled_from(["gptq", "awq", "bitsandbytes"]) | json_values,
+    "bits": st.sampled_from([2, 3, 4, 8, 4.0, 16]) | field_values, "w_bit": field_values,
+    "group_size": st.sampled_from([-1, 0, 32, 128]) | field_values, "q_group_size": field_values,
+    "desc_act": json_values, "load_in_4bit": json_values, "load_in_8bit": json_values}) | json_values
+
+
+@st.composite
+def configs(draw):
+    """A valid small config with some fields removed and some replaced by anything, or any JSON value at all."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(json_values), {"not a JSON object", *FIELDS}  # a dict lacks the fields the message names
+    config = dict(VALID)
+    removed = draw(st.sets(st.sampled_from(list(VALID)), max_size=1)) if draw(st.integers(0, 3)) == 0 else set()
+    for key in removed:
+        del config[key]
+    changed = draw(st.dictionaries(st.sampled_from(FIELDS), st.integers(1, 300) | field_values, max_size=3))
+    if draw(st.booleans()):
+        changed["quantization_config"] = draw(quantization)
+    if draw(st.integers(0, 5)) == 0:
+        changed["text_config"] = draw(st.dictionaries(st.sampled_from(list(VALID)), numbers, max_size=5))
+    config.update(changed)
+    return config, removed | set(changed)
+
+
+def numbers_in(value):
+    if isinstance(value, dict):
+        return [n for key, inner in value.items() if key != "headroom_gib" for n in numbers_in(inner)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def crashed_before(**changes):
+    """An example that failed before memory.py checked its fields (a crash, a hang, a negative size, a message
+    naming no field): ((config, changed), quant)."""
+    return ({**VALID, **changes}, set(changes)), None
+
+
+@given(config_and_changed=configs(), quant=st.none() | st.sampled_from(QUANTS))
+@example(*crashed_before(hidden_size=-1))  # negative weights and KV cache
+@example(*crashed_before(num_attention_heads=1e-45))  # ZeroDivisionError
+@example(*crashed_before(num_key_value_heads=1e308))  # OverflowError
+@example(*crashed_before(num_hidden_layers=7e16))  # the card-splitting search never ended
+@example(*crashed_before(quantization_config={"group_size": [False]}))  # TypeError
+@example(*crashed_before(quantization_config={"group_size": "x"}))  # ValueError
+@example(*crashed_before(text_config=[1]))  # "lacks a usable list indices must be integers or slices, not str"
+def test_any_config_json_gives_a_finite_estimate_or_bad_input_naming_the_field(config_and_changed, quant):
+    config, changed = config_and_changed
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "config.json").write_text(json.dumps(config))
+        try:
+            result = estimate(folder, quant=quant)
+        except BadInput as error:
+            named = next((key for key in changed if key in str(error)), None)
+            assert named, f"BadInput names none of the fields changed ({sorted(changed)}): {error}"
+            return
+    assert all(math.isfinite(n) and n >= 0 for n in numbers_in(result)), result

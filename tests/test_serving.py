@@ -134,6 +134,37 @@ def test_eight_concurrent_requests_are_all_answered(client, chat_dir, reference)
     assert [content for _, content in results] == reference
 
 
+MANY = 40  # concurrent requests, half of them streamed, against a server that answers one at a time or in batches
+
+
+def ask(client, model, messages, stream):
+    """The answer, plain or streamed. An error status, a timeout or a dropped connection raises: that request was
+    refused or lost, and the test fails with what happened."""
+    if stream:
+        chunks = chat(client, model, messages, stream=True)
+        return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    return chat(client, model, messages).choices[0].message.content
+
+
+@pytest.fixture(scope="module")
+def batching_client(chat_dir):
+    command = [serving.cli_path("transformers"), "serve", str(chat_dir), "--host", "127.0.0.1",
+               "--port", str(serving.free_port()), "--device", "cpu", "--continuous-batching",
+               "--cb-num-blocks", "128", "--cb-max-batch-tokens", "512"]
+    with serving.serve(command, ready_path="/health", timeout_s=180) as running:
+        yield openai.OpenAI(base_url=running.base_url, api_key="not-needed", max_retries=0, timeout=300)
+
+
+@pytest.mark.parametrize("which", ["client", "batching_client"])
+def test_many_concurrent_requests_are_all_answered_none_lost(which, request, chat_dir, reference):
+    client = request.getfixturevalue(which)
+    jobs = [(QUESTIONS[i % len(QUESTIONS)], i % 2 == 1) for i in range(MANY)]
+    with ThreadPoolExecutor(MANY) as pool:
+        answers = list(pool.map(lambda job: ask(client, str(chat_dir), *job), jobs))
+    assert answers == [reference[i % len(QUESTIONS)] for i in range(MANY)], "every request got its own greedy answer"
+    assert ask(client, str(chat_dir), QUESTIONS[0], False) == reference[0], "the server still answers afterwards"
+
+
 def test_the_server_is_pinned_to_its_model(client):
     with pytest.raises(openai.BadRequestError) as raised:
         chat(client, "Qwen/Qwen2-72B-Instruct", QUESTIONS[0])

@@ -78,17 +78,55 @@ def test_oldest_turns_are_dropped_to_fit_the_context(model_and_tokenizer):
     assert chat.dropped_turns == 2 and len(chat.history) == 2
 
 
-def test_a_message_too_long_for_the_context_is_bad_input(model_and_tokenizer):
+def test_a_message_too_long_for_the_context_keeps_its_last_tokens(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    question = "What is the capital of France?"
+    # Room for the question alone: a long pasted text before it is cut, and the earlier turn is dropped.
+    chat = ChatSession(model, tokenizer, max_new_tokens=16,
+                       max_context_tokens=prompt_tokens(tokenizer, [{"role": "user", "content": question}]) + 16,
+                       **GREEDY)
+    assert chat.ask("我叫小明。") == "你好，小明！"
+    pasted = "Some pasted text about many things. " * 30 + "\n" + question
+    total = len(tokenizer(pasted)["input_ids"])
+    with pytest.warns(UserWarning, match=rf"the message was cut to its last \d+ of {total} tokens \(\d+ cut from "
+                                         r"its start\): with the chat template, the system prompt and "
+                                         r"max_new_tokens=16, no more fits max_context_tokens=\d+; the 1 oldest "
+                                         r"turn\(s\) were dropped too"):
+        assert chat.ask(pasted) == "The capital of France is Paris."  # the question at the end was kept
+    assert chat.history == [{"role": "user", "content": question},  # what the model saw, not the pasted text
+                            {"role": "assistant", "content": "The capital of France is Paris."}]
+    assert chat.cut_tokens == total - len(tokenizer(question)["input_ids"]) and chat.dropped_turns == 1
+
+
+def test_a_cut_message_fits_the_budget_and_is_the_end_of_the_text(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    chat = ChatSession(model, tokenizer, max_new_tokens=10, max_context_tokens=64, **GREEDY)
+    long_message = "".join(f"第{i}句话。" for i in range(200))
+    with pytest.warns(UserWarning, match="the message was cut"):
+        chat.ask(long_message)
+    kept = chat.history[0]["content"]
+    assert 0 < len(kept) < len(long_message) and long_message.endswith(kept)
+    assert prompt_tokens(tokenizer, chat.history[:1]) + 10 <= 64
+    assert chat.cut_tokens > 0 and chat.dropped_turns == 0
+
+
+def test_bad_input_only_when_the_template_and_max_new_tokens_leave_no_room(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     chat = ChatSession(model, tokenizer, max_new_tokens=10, max_context_tokens=64, **GREEDY)
     chat.ask("Hello")
     before = list(chat.history)
-    long_message = "你好" * 100
-    tokens = prompt_tokens(tokenizer, [{"role": "user", "content": long_message}])
-    with pytest.raises(BadInput, match=rf"needs {tokens} tokens .*max_new_tokens=10.* budget of 64 tokens; "
-                                       r"shorten it or raise max_context_tokens"):
-        chat.ask(long_message)
+    template = prompt_tokens(tokenizer, [{"role": "user", "content": ""}])
+    chat.max_new_tokens = 64 - template + 1
+    with pytest.raises(BadInput, match=rf"the chat template and system prompt need {template} tokens before any "
+                                       rf"message, plus max_new_tokens={chat.max_new_tokens}: more than the context "
+                                       r"budget of 64 tokens; lower max_new_tokens, shorten the system prompt or "
+                                       r"raise max_context_tokens"):
+        chat.ask("Hi")
     assert chat.history == before and chat.dropped_turns == 0  # the earlier turn was not dropped in vain
+    chat.max_new_tokens -= 1  # now an empty message fits: any message is cut to nothing rather than refused
+    with pytest.warns(UserWarning, match="the message was cut to its last 0 of"):
+        chat.ask("Hi")
+    assert chat.history[0] == {"role": "user", "content": ""}
 
 
 def test_stream_yields_the_reply_in_pieces_and_keeps_the_turn(model_and_tokenizer):
@@ -126,7 +164,7 @@ def test_closing_a_stream_early_stops_generation_and_keeps_no_turn(model_and_tok
 
 
 def test_stream_raises_what_ask_raises_and_keeps_the_history(model_and_tokenizer):
-    chat = ChatSession(*model_and_tokenizer, max_new_tokens=10, max_context_tokens=64, **GREEDY)
+    chat = ChatSession(*model_and_tokenizer, max_new_tokens=60, max_context_tokens=64, **GREEDY)
     with pytest.raises(BadInput, match="context budget of 64 tokens"):
-        list(chat.stream("你好" * 100))
+        list(chat.stream("你好"))
     assert chat.history == []

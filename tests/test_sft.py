@@ -1,14 +1,19 @@
 """Fine-tuning plumbing: the identity dataset, the dataset checker, loss masking, output folders, saving."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
 from transformers import AutoConfig, AutoTokenizer
 
-from llmkit.errors import BadInput
+from llmkit.errors import BadInput, LlmkitError
 from llmkit.sft import IGNORE_INDEX, prepare_output_dir, refuse_quantized_merge, save_model, tokenize_alpaca
-from llmkit.sft_data import Problem, check_dataset, identity_records, load_alpaca, write_identity_dataset
+from llmkit.sft_data import (OPTIONAL, REQUIRED, Problem, check_dataset, identity_records, load_alpaca,
+                             write_identity_dataset)
 
 
 @pytest.fixture
@@ -27,7 +32,7 @@ def test_identity_dataset_is_bilingual_filled_and_clean(data):
 
 def test_writing_the_dataset_never_replaces_files(data):
     (data / "identity.json").write_text("[]")
-    with pytest.raises(BadInput, match="already holds identity.json"):
+    with pytest.raises(BadInput, match="identity.json, .*dataset_info.json exist already and were left untouched"):
         write_identity_dataset(data, "A", "B")
     assert (data / "identity.json").read_text() == "[]"
 
@@ -91,8 +96,9 @@ def test_output_dir_refused_resumed_or_replaced(tmp_path):
     with pytest.raises(BadInput, match="holds files but no checkpoint"):
         prepare_output_dir(out)
     assert (out / "notes.txt").read_text() == "mine"
-    (out / "checkpoint-10").mkdir()
-    (out / "checkpoint-20").mkdir()
+    for step in (10, 20):
+        (out / f"checkpoint-{step}").mkdir()
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     assert prepare_output_dir(out).endswith("checkpoint-20")
     assert prepare_output_dir(out, overwrite=True) is None and not any(out.iterdir())
 
@@ -112,7 +118,7 @@ class _FailingModel:
 
 def test_a_failed_save_leaves_nothing_where_the_model_should_be(tmp_path, chat_dir):
     tokenizer = AutoTokenizer.from_pretrained(chat_dir)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(LlmkitError, match="the disk is full: could not finish writing .*merged"):
         save_model(_FailingModel(), tokenizer, tmp_path / "merged")
     assert list(tmp_path.iterdir()) == []
 
@@ -126,3 +132,75 @@ def test_save_model_writes_safetensors_and_refuses_to_replace(tmp_path, chat_dir
     assert len(list(out.glob("*.safetensors"))) >= 2 and not list(out.glob("*.bin"))
     with pytest.raises(BadInput, match="exists already"):
         save_model(model, tokenizer, out)
+
+
+# Property-based: whatever the files hold, the checker answers with problems that say where, and never raises.
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                    max_leaves=12)
+FILE_NAMES = st.text() | st.sampled_from(["identity.json", "dataset_info.json", "", ".", "..", "/", "a\x00b",
+                                          "x" * 300])  # "x" * 300: a name too long to look up
+REGISTRY = st.dictionaries(st.text(), st.fixed_dictionaries({"file_name": FILE_NAMES | JSON}) | JSON, max_size=3)
+CONTENT = (st.binary(max_size=300) | st.text().map(str.encode) | JSON.map(lambda v: json.dumps(v).encode())
+           | REGISTRY.map(lambda v: json.dumps(v).encode()))
+TEXT = st.text(min_size=1).filter(str.strip)
+RECORD = st.fixed_dictionaries({"instruction": TEXT, "output": TEXT},
+                               optional={"input": st.text(), "system": st.text()})
+REGISTERED = json.dumps({"identity": {"file_name": "identity.json"}})
+
+
+def dataset_folder(tmp: str, files: dict[str, bytes]) -> Path:
+    for name, content in files.items():
+        Path(tmp, name).write_bytes(content)
+    return Path(tmp)
+
+
+@given(content=CONTENT)
+@example(content=b"[" * 100_000)  # nested deeper than Python's recursion limit
+@example(content=b"1" * 5000)  # an integer over Python's 4300-digit limit
+def test_any_bytes_as_the_alpaca_file_give_problems_naming_it(content):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = dataset_folder(tmp, {"dataset_info.json": REGISTERED.encode(), "identity.json": content})
+        problems = check_dataset(folder)
+        with pytest.raises(BadInput, match="problem\\(s\\) in .*identity.json"):
+            load_alpaca(folder)
+    assert problems and all(str(p).startswith("identity.json: ") for p in problems)
+
+
+@given(content=CONTENT)
+@example(content=json.dumps({"identity": {"file_name": "x" * 300}}).encode())  # a name too long to look up
+@example(content=b"[" * 100_000)
+def test_any_bytes_as_dataset_info_give_problems_naming_it(content):
+    with tempfile.TemporaryDirectory() as tmp:
+        problems = check_dataset(dataset_folder(tmp, {"dataset_info.json": content}))
+    assert problems and all(str(p).startswith("dataset_info.json: ") for p in problems)
+
+
+@given(records=st.lists(RECORD, min_size=1, max_size=5))
+def test_valid_records_have_no_problems_and_round_trip(records):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = dataset_folder(tmp, {"dataset_info.json": REGISTERED.encode(),
+                                      "identity.json": json.dumps(records, ensure_ascii=False).encode()})
+        assert check_dataset(folder) == [] and load_alpaca(folder) == records
+
+
+@given(records=st.lists(RECORD, min_size=1, max_size=5), data=st.data())
+def test_one_injected_fault_is_reported_at_exactly_its_record_and_field(records, data):
+    k = data.draw(st.integers(0, len(records) - 1), label="record")
+    fault = data.draw(st.sampled_from(["drop", "number", "blank", "list"]), label="fault")
+    field = data.draw(st.sampled_from(REQUIRED if fault in ("drop", "blank") else REQUIRED + OPTIONAL), label="field")
+    if fault == "drop":
+        del records[k][field]
+        expected = Problem("identity.json", k, field, "missing")
+    elif fault == "number":
+        records[k][field] = data.draw(st.integers() | st.floats(), label="number")
+        expected = Problem("identity.json", k, field, f"must be text, got {type(records[k][field]).__name__}")
+    elif fault == "blank":
+        records[k][field] = data.draw(st.sampled_from(["", " ", "\n\t", "\u3000"]), label="blank")  # U+3000: CJK space
+        expected = Problem("identity.json", k, field, "is empty")
+    else:
+        records[k] = list(records[k].values())
+        expected = Problem("identity.json", k, None, "must be an object, got list")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"dataset_info.json": REGISTERED.encode(), "identity.json": json.dumps(records).encode()}
+        assert check_dataset(dataset_folder(tmp, files)) == [expected]

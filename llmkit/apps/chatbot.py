@@ -27,7 +27,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import llmkit
-from llmkit.errors import BadInput
+from llmkit.errors import LlmkitError
 from llmkit.hub import ModelNotFound, locate
 from llmkit.pick import NoStandInError, banner, pick_model
 from llmkit.standins import standin_for
@@ -120,14 +120,13 @@ def chat_page(args: argparse.Namespace) -> None:
 
     >>> chat_page(app_arguments())  # doctest: +SKIP
     """
-    from llmkit.loading import WontFit  # torch and transformers: imported by the page, not by the launcher
-    from llmkit.session import ChatSession
+    from llmkit.session import ChatSession  # torch and transformers: imported by the page, not by the launcher
 
     st.set_page_config(page_title="llmkit chatbot", page_icon="💬")
     st.title("💬 llmkit chatbot")
     try:
         model, tokenizer, path = load_model(args.model)
-    except (ModelNotFound, NoStandInError, WontFit) as error:
+    except (ModelNotFound, NoStandInError, LlmkitError) as error:  # not on disk, incomplete, won't fit, ...
         st.error(f"模型无法加载 / The model could not be loaded ({type(error).__name__}). "
                  "Fix the problem below, then reload this page.")
         st.code(str(error), language=None)
@@ -153,15 +152,18 @@ def chat_page(args: argparse.Namespace) -> None:
         st.chat_message(message["role"]).markdown(message["content"])
     if text := st.chat_input("输入消息 / Type a message"):
         st.chat_message("user").markdown(text)
-        dropped = chat.dropped_turns
+        dropped, cut = chat.dropped_turns, chat.cut_tokens
         with st.chat_message("assistant"):
             try:
                 st.write_stream(chat.stream(text))
-            except BadInput as error:
+            except LlmkitError as error:  # no room in the context, NaN logits, ...: the conversation is unchanged
                 st.error(str(error))
         if chat.dropped_turns > dropped:
             st.info(f"为放进上下文，最早的 {chat.dropped_turns - dropped} 轮对话已被丢弃 / "
                     f"the {chat.dropped_turns - dropped} oldest turn(s) were dropped to fit the context")
+        if chat.cut_tokens > cut:
+            st.info(f"消息太长，开头的 {chat.cut_tokens - cut} 个词元已被截去 / "
+                    f"the message was too long: its first {chat.cut_tokens - cut} tokens were cut to fit the context")
 
 
 def page_url(host: str, port: int) -> str:

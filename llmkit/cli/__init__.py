@@ -5,7 +5,7 @@ download, a benchmark backend that failed, llama.cpp's converter failed, any oth
 2 bad input (usage, unknown stand-in or model id, a model without a stand-in in stand-in mode, an existing output);
 3 model not found on disk (any command that needs it; the line says how to download it); 4 the model will not
 fit the free memory (nothing was loaded); 130 interrupted (Ctrl-C). Errors are one line on stderr; ``--debug``
-shows the traceback.
+adds the traceback before it. Tokens and passwords are masked in both (``llmkit.errors.mask_secrets``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
 from llmkit.cli import (bench_cmd, chat_cmd, doctor_cmd, download_cmd, estimate_cmd, gguf_cmd, locate_cmd,
                         standin_cmd)
-from llmkit.errors import BadInput, LlmkitError
+from llmkit.errors import BadInput, LlmkitError, mask_secrets
 from llmkit.hub import ModelNotFound
 
 COMMANDS = [doctor_cmd, standin_cmd, chat_cmd, estimate_cmd, locate_cmd, download_cmd, bench_cmd, gguf_cmd]
@@ -50,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print("llmkit: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:
-        if args.debug:
-            raise
         message, code = error_line(error)
-        print(f"llmkit: error: {message}", file=sys.stderr)
+        if args.debug:
+            print(mask_secrets(traceback.format_exc()), end="", file=sys.stderr)
+        print(f"llmkit: error: {mask_secrets(message)}", file=sys.stderr)
         return code
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, ensure_ascii=False))
@@ -74,8 +75,7 @@ def error_line(error: Exception) -> tuple[str, int]:
     ('[Errno 28] No space left on device', 1)
     """
     if isinstance(error, ModelNotFound):
-        how = f"download it with: {error.commands[0]}" if error.commands else "check the path"  # a path has no hub id
-        return f"model {error.model!r} is not on this machine; {how}", EXIT_NOT_FOUND
+        return f"model {error.model!r} is not on this machine; {error.hint}", EXIT_NOT_FOUND
     if isinstance(error, (LlmkitError, LookupError)):
         text = error.args[0] if isinstance(error, LookupError) and error.args else str(error)
         return " ".join(str(text).split()), getattr(error, "exit_code", EXIT_BAD_INPUT)

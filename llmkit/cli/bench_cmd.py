@@ -14,6 +14,7 @@ from llmkit.bench_engines import ENGINE_BACKENDS, require_engine
 from llmkit.cli.table import print_table
 from llmkit.errors import BadInput
 from llmkit.pick import model_or_default
+from llmkit.safe_output import atomic_output, refuse_existing, write_text
 
 
 def register(sub) -> None:
@@ -30,6 +31,7 @@ def register(sub) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up; the median counts")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
     parser.add_argument("--chart", type=Path, help="save a bar chart of tokens/s to this image file")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --out and --chart files")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run, render=render)
 
@@ -38,9 +40,7 @@ def _check(args) -> None:
     for name in ("prompts", "input_len", "output_len", "repeats"):
         if getattr(args, name) < 1:
             raise BadInput(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for path in (args.out, args.chart):
-        if path is not None and path.exists():
-            raise BadInput(f"{path} exists already; choose another file name or remove it first")
+    refuse_existing([p for p in (args.out, args.chart) if p is not None], args.overwrite, flag="--overwrite")
     for backend in set(args.backend) & set(ENGINE_BACKENDS):
         require_engine(backend)
     if "llamacpp" in args.backend and args.gguf is None:
@@ -87,9 +87,9 @@ def run(args) -> tuple[dict, int]:
         "results": rows,
     }
     if args.out:
-        args.out.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+        write_text(args.out, json.dumps(data, indent=2, ensure_ascii=False), args.overwrite, flag="--overwrite")
     if args.chart:
-        save_chart(data, args.chart)
+        save_chart(data, args.chart, args.overwrite)
     return data, 1 if any("error" in r for r in rows) else 0
 
 
@@ -118,8 +118,8 @@ def _bench_one(backend: str, args, hf_model, tokenizer, model_dir, prompts):
     return bench(hf_model(), tokenizer, backend, prompts, new_tokens=args.output_len, repeats=args.repeats)
 
 
-def save_chart(data: dict, path: Path) -> None:
-    """Bar chart of generated tokens/s per backend (failed backends are left out).
+def save_chart(data: dict, path: Path, overwrite: bool = False) -> None:
+    """Bar chart of generated tokens/s per backend (failed backends are left out); the format follows the suffix.
 
     >>> save_chart({"model": "m", "device": "cpu", "workload": {"prompts": 1, "input_len": 8, "output_len": 4},
     ...             "results": [{"requested": "hf", "backend": "hf", "tokens_per_s": 10.0}]}, Path("/tmp/c.png"))  # doctest: +SKIP
@@ -138,7 +138,8 @@ def save_chart(data: dict, path: Path) -> None:
     ax.set_title(f"{Path(data['model']).name} on {data['device']}: {w['prompts']} prompts, "
                  f"{w['input_len']} in, {w['output_len']} out", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_output(path, overwrite, flag="--overwrite") as partial:
+        fig.savefig(partial, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
 
 

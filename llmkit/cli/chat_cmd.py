@@ -2,14 +2,18 @@
 
 With no MODEL the qwen2-chat stand-in answers. In the interactive loop: ``/reset`` forgets the conversation,
 ``/system TEXT`` sets a new system prompt (and forgets), ``/exit``, ``/quit``, Ctrl-D or Ctrl-C end it.
+A message longer than the context is truncated as ``llmkit.ChatSession`` documents, with a warning on stderr.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
-from llmkit.errors import BadInput
+from llmkit.errors import BadInput, LlmkitError
 from llmkit.pick import model_or_default
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 PROMPT = "你 / you> "
 COMMANDS_HELP = "commands: /reset (forget the conversation), /system TEXT (new system prompt), /exit (or Ctrl-D)"
 
@@ -23,6 +27,11 @@ def register(sub) -> None:
     parser.add_argument("--system", help="system prompt (default: the model's chat template default)")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="longest reply in tokens (default: 512)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling settings")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="dtype to load with (default auto: bf16 on GPUs that have it, else fp16; on CPU the "
+                             "checkpoint's own)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickle (*.bin) weights: only for a source you trust, unpickling can run code")
     parser.add_argument("--json", action="store_true", help="print JSON (with -p only)")
     parser.set_defaults(run=run, render=render)
 
@@ -35,15 +44,27 @@ def run(args) -> tuple[dict, int]:
 
     model_ref = model_or_default(args.model,
                                  hint='Name a model for a real answer, e.g. llmkit chat Qwen/Qwen2-7B-Instruct -p "你好".')
-    model, tokenizer = load(model_ref)
+    model, tokenizer = load(model_ref, dtype=args.dtype, allow_pickle=args.allow_pickle)
     session = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
                           **({"do_sample": False} if args.greedy else {}))
-    if args.prompt is None:
-        return {"model": model_ref, "turns": interact(session)}, 0
-    reply = session.ask(args.prompt, on_token=None if args.json else print_piece)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # a cut message warns on every turn, not only the first
+        warnings.showwarning = print_warning
+        if args.prompt is None:
+            return {"model": model_ref, "turns": interact(session)}, 0
+        reply = session.ask(args.prompt, on_token=None if args.json else print_piece)
     if not args.json:
         print()
     return {"model": model_ref, "prompt": args.prompt, "reply": reply}, 0
+
+
+def print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a warning as one ``llmkit: warning: ...`` line on stderr (a ``warnings.showwarning`` replacement).
+
+    >>> print_warning(UserWarning("the message was cut"), UserWarning, "session.py", 1, file=sys.stdout)
+    llmkit: warning: the message was cut
+    """
+    print(f"llmkit: warning: {message}", file=file or sys.stderr, flush=True)
 
 
 def print_piece(text: str) -> None:
@@ -57,7 +78,8 @@ def print_piece(text: str) -> None:
 
 def interact(session) -> int:
     """Read lines from stdin and answer each with ``session`` (streamed) until /exit, EOF or Ctrl-C; returns the
-    number of questions answered. A message that does not fit the context is reported and the loop goes on.
+    number of questions answered. A turn that fails with an ``LlmkitError`` (no room left in the context, NaN
+    logits) is reported and the loop goes on; a message too long for the context is truncated with a warning.
 
     >>> interact(ChatSession(model, tokenizer))  # doctest: +SKIP
     commands: /reset (forget the conversation), ...
@@ -82,7 +104,7 @@ def interact(session) -> int:
             elif line:
                 try:
                     session.ask(line, on_token=print_piece)
-                except BadInput as error:
+                except LlmkitError as error:
                     print(f"llmkit: error: {error}", file=sys.stderr)
                     continue
                 print()

@@ -1,6 +1,8 @@
 """``llmkit download ID``: download a model through huggingface_hub / modelscope and verify it; prints its folder last.
 
-Exit codes: 0 downloaded and complete; 1 every source failed, or the download is incomplete.
+Pickle files (``*.bin``, ``*.pt``, ...) are skipped unless ``--allow-pickle``; a repository with pickle-only weights is
+refused with a one-line error saying so. Exit codes: 0 downloaded and complete; 1 every source failed, the repository
+was refused, or the download is incomplete.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ def register(sub) -> None:
                         help="auto: Hugging Face (HF_ENDPOINT honoured), then ModelScope")
     parser.add_argument("--local-dir", help="put the files in this folder instead of the hub cache")
     parser.add_argument("--revision", help="branch, tag or commit (default: the hub's default branch)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="also download pickle files (*.bin, *.pt, *.pth, *.pkl, *.ckpt); loading them can run "
+                             "code, so only for a source you trust")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run, render=render)
 
@@ -29,12 +34,15 @@ def register(sub) -> None:
 def run(args) -> tuple[dict, int]:
     """Download ``args.model``: (data, exit code); when every source fails, one line goes to stderr.
 
-    >>> import argparse; run(argparse.Namespace(model="Org/Name", source="hf", local_dir=None, revision=None))  # doctest: +SKIP
+    >>> import argparse
+    >>> args = argparse.Namespace(model="Org/Name", source="hf", local_dir=None, revision=None, allow_pickle=False)
+    >>> run(args)  # doctest: +SKIP
     """
     try:
-        result = download_report(args.model, source=args.source, local_dir=args.local_dir, revision=args.revision)
+        result = download_report(args.model, source=args.source, local_dir=args.local_dir, revision=args.revision,
+                                 allow_pickle=args.allow_pickle)
     except DownloadFailed as error:
-        print(f"llmkit: error: {error}", file=sys.stderr)
+        print(f"llmkit: error: {' '.join(str(error).split())}", file=sys.stderr)
         return {"model": args.model, "ok": False, "path": None, "attempts": error.attempts}, 1
     return {**result, "ok": result["report"]["ok"]}, 0 if result["report"]["ok"] else 1
 

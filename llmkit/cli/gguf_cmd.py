@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from llmkit.gguf import CONVERT_TYPES, QUANT_TYPES
+from llmkit.safe_output import refuse_existing
 
 
 def register(sub) -> None:
@@ -30,6 +31,7 @@ def run(args) -> tuple[dict, int]:
     from llmkit.hub import locate
     from llmkit.pick import pick_model
 
+    refuse_existing(args.out, args.overwrite, flag="--overwrite")  # before minutes of conversion, in CLI words
     model_dir = locate(pick_model(args.model)).path
     data = {"model": args.model, "gguf": str(args.out), "type": args.type}
     start = time.perf_counter()

@@ -1,6 +1,7 @@
 """``llmkit locate ID``: find a model already on disk and check it is complete; prints its folder last.
 
-Exit codes: 0 found and complete; 1 found but incomplete (the problems are listed); 3 not on this machine.
+Exit codes: 0 found and complete; 1 found but incomplete (the problems are listed); 3 not on this machine (the line
+names close names on disk, "did you mean ...?", and the download command).
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ def run(args) -> tuple[dict, int]:
     try:
         found = locate(args.model)
     except ModelNotFound as error:
-        hint = f"; download it with: {error.commands[0]}" if error.commands else ""
         print(f"llmkit: error: model {args.model!r} not found on this machine "
-              f"({len(error.searched)} places searched){hint}", file=sys.stderr)
-        return {"model": args.model, "found": False, "searched": error.searched,
+              f"({len(error.searched)} places searched); {error.hint}", file=sys.stderr)
+        return {"model": args.model, "found": False, "searched": error.searched, "suggestions": error.suggestions,
                 "download": error.commands}, EXIT_NOT_FOUND
     return {"model": args.model, "found": True, **found.as_dict()}, 0 if found.report["ok"] else 1
 
@@ -43,13 +43,17 @@ def run(args) -> tuple[dict, int]:
 def render(data: dict) -> None:
     """Print the result for people; the model folder (when found) is the last line.
 
-    >>> render({"model": "Org/Name", "found": False, "searched": ["./models: /w/models"], "download": []})
-    Org/Name is not on this machine. Searched, in order:
+    >>> render({"model": "Org/Nmae", "found": False, "searched": ["./models: /w/models"], "suggestions": ["Org/Name"],
+    ...         "download": []})
+    Org/Nmae is not on this machine. Searched, in order:
       - ./models: /w/models
+    Did you mean: Org/Name
     """
     if not data["found"]:
         print(f"{data['model']} is not on this machine. Searched, in order:")
         print("\n".join(f"  - {place}" for place in data["searched"]))
+        if data.get("suggestions"):
+            print(f"Did you mean: {', '.join(data['suggestions'])}")
         if data["download"]:
             print("Download it with one of:\n" + "\n".join(f"  {command}" for command in data["download"]))
         return

@@ -1,0 +1,29 @@
+"""The README's table of failure cases names real tests: each reference `test_file.py::test_name` is a test function
+in that file, and every row has at least one."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+SECTION = re.compile(r"^## When something goes wrong\n(.*?)^## ", re.DOTALL | re.MULTILINE)
+REFERENCE = re.compile(r"`(test_\w+\.py)::(test_\w+)`")
+
+
+def section() -> str:
+    found = SECTION.search((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert found, "README.md has a '## When something goes wrong' section"
+    return found.group(1)
+
+
+def test_every_row_names_a_test_and_the_rows_are_numbered():
+    rows = [line for line in section().splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [int(row.split("|")[1]) for row in rows] == list(range(1, len(rows) + 1))
+    assert len(rows) >= 25
+    assert all(REFERENCE.search(row) for row in rows), [row[:60] for row in rows if not REFERENCE.search(row)]
+
+
+def test_every_named_test_exists():
+    references = set(REFERENCE.findall(section()))
+    missing = [f"{file}::{name}" for file, name in sorted(references)
+               if not re.search(rf"^def {name}\(", (ROOT / "tests" / file).read_text(encoding="utf-8"), re.MULTILINE)]
+    assert references and not missing
