@@ -68,14 +68,25 @@ class LoraSettings:
     seed: int = 42
 
 
-def train_config(s: LoraSettings) -> dict:
+def train_config(s: LoraSettings, deepspeed: str | Path | None = None) -> dict:
     """``llamafactory-cli train`` settings: SFT with LoRA, loss plot, periodic checkpoints, validation split.
 
     ``overwrite_output_dir`` stays False: LLaMA-Factory then refuses an output folder that already holds files.
+    ``deepspeed`` (multi-GPU route) names a DeepSpeed JSON config (``llmkit.deepspeed_configs``); without it the
+    settings are exactly the single-GPU ones.
 
     >>> train_config(LoraSettings("m", "data", "out", "merged"))["finetuning_type"]
     'lora'
+    >>> train_config(LoraSettings("m", "data", "out", "merged"), deepspeed="/cfg/ds_z3_config.json")["deepspeed"]
+    '/cfg/ds_z3_config.json'
     """
+    config = _train_config(s)
+    if deepspeed is not None:
+        config["deepspeed"] = str(deepspeed)
+    return config
+
+
+def _train_config(s: LoraSettings) -> dict:
     return {
         "model_name_or_path": s.model_name_or_path, "trust_remote_code": False,
         "stage": "sft", "do_train": True, "finetuning_type": "lora", "lora_target": s.lora_target,
@@ -117,10 +128,12 @@ def chat_config(s: LoraSettings) -> dict:
             "do_sample": False, "max_new_tokens": 128}
 
 
-def write_configs(s: LoraSettings, folder: str | Path, overwrite: bool = False) -> dict[str, Path]:
+def write_configs(s: LoraSettings, folder: str | Path, overwrite: bool = False,
+                  deepspeed: str | Path | None = None) -> dict[str, Path]:
     """Write ``train.yaml``, ``export.yaml`` and ``chat.yaml`` into ``folder``; returns their paths by name.
 
     Existing files are refused unless ``overwrite=True``; each file appears complete or not at all.
+    ``deepspeed`` is written into ``train.yaml`` only (see ``train_config``; ``write_multi_gpu_configs`` writes both).
 
     >>> sorted(write_configs(LoraSettings("m", "d", "o", "e"), "/tmp/lf-configs", overwrite=True))
     ['chat', 'export', 'train']
@@ -128,13 +141,35 @@ def write_configs(s: LoraSettings, folder: str | Path, overwrite: bool = False) 
     import yaml
 
     folder = Path(folder)
-    configs = {"train": train_config(s), "export": export_config(s), "chat": chat_config(s)}
+    configs = {"train": train_config(s, deepspeed), "export": export_config(s), "chat": chat_config(s)}
     paths = {name: folder / f"{name}.yaml" for name in configs}
     refuse_existing(paths.values(), overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     for name, config in configs.items():
         write_text(paths[name], yaml.safe_dump(config, sort_keys=False, allow_unicode=True), overwrite)
     return paths
+
+
+def write_multi_gpu_configs(s: LoraSettings, folder: str | Path, zero_stage: int = 2,
+                            overwrite: bool = False) -> dict[str, Path]:
+    """The multi-GPU route: ``ds_zN_config.json`` and the three YAML files, ``train.yaml`` naming the JSON (absolute
+    path, so ``llamafactory-cli train`` finds it from any folder, on every node). Returns the paths by name.
+
+    Launch it with ``FORCE_TORCHRUN=1 llamafactory-cli train train.yaml`` (``llmkit.slurm`` writes the sbatch job).
+    Nothing is written if any of the four files exists, unless ``overwrite=True``.
+
+    >>> paths = write_multi_gpu_configs(LoraSettings("m", "d", "o", "e"), "/tmp/lf-multi", 3, overwrite=True)
+    >>> sorted(paths), paths["deepspeed"].name
+    (['chat', 'deepspeed', 'export', 'train'], 'ds_z3_config.json')
+    """
+    from llmkit.deepspeed_configs import write_zero_config, zero_config
+
+    zero_config(zero_stage)  # a bad stage is refused before anything is written
+    folder = Path(folder).resolve()
+    ds_path = folder / f"ds_z{zero_stage}_config.json"
+    refuse_existing([ds_path] + [folder / f"{name}.yaml" for name in ("train", "export", "chat")], overwrite)
+    write_zero_config(zero_stage, ds_path, overwrite)
+    return {**write_configs(s, folder, overwrite, deepspeed=ds_path), "deepspeed": ds_path}
 
 
 def default_venv() -> Path:

@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from llmkit.errors import BadInput, LlmkitError
 from llmkit.hub import Located, locate
-from llmkit.memory import estimate
+from llmkit.memory import estimate, per_gpu_gib
 from llmkit.xverse import with_xverse_chat_template, xverse_llama_config
 
 GIB = 2**30
@@ -164,6 +164,32 @@ def check_fits(need_gib: float, model_name: str, max_memory: dict | None = None)
         )
 
 
+SPLITTING_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate spreads layers over every GPU
+
+
+def gpus_used(device_map, visible: int) -> int:
+    """How many GPUs ``from_pretrained(device_map=...)`` puts the model on, out of ``visible``.
+
+    >>> gpus_used("balanced", 2), gpus_used("cuda:0", 2), gpus_used({"model.layers.0": 0, "lm_head": 1}, 2)
+    (2, 1, 2)
+    """
+    if isinstance(device_map, dict):
+        return max(1, len({d for d in device_map.values() if isinstance(d, int) or str(d).startswith("cuda")}))
+    return max(1, visible) if device_map in SPLITTING_MAPS else 1
+
+
+def split_need_gib(need: dict, n_gpus: int) -> tuple[float, list[float]]:
+    """Memory needed on ``n_gpus`` cards together, and per card: each card pays its own CUDA context, workspace and
+    activations on top of its share of the layers (``llmkit.memory.per_gpu_gib``).
+
+    >>> total, each = split_need_gib(estimate("Qwen/Qwen2-72B-Instruct", context=4096), 2)
+    >>> len(each), total > estimate("Qwen/Qwen2-72B-Instruct", context=4096)["total_gib"]
+    (2, True)
+    """
+    each = per_gpu_gib(need, n_gpus) if n_gpus > 1 else [need["total_gib"]]
+    return sum(each), each
+
+
 def gptq_backend_config(config, cuda: bool, capability: tuple[int, int] | None, backend: str = "auto"):
     """The ``quantization_config`` to load a GPTQ checkpoint with (only its kernel choice), or None.
 
@@ -205,7 +231,12 @@ def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", 
     turning it on runs Python code from the model repository, so it requires a pinned ``revision``. Without it an
     XVERSE checkpoint loads as ``LlamaForCausalLM`` (``llmkit.xverse``).
 
+    Several GPUs: ``device_map="auto"`` / ``"balanced"`` (accelerate) spread the layers over every visible GPU, and
+    ``max_memory={0: "70GiB", 1: "70GiB"}`` caps each card; the fit check then counts each card's own overhead
+    (``split_need_gib``).
+
     >>> model, tokenizer = load(llmkit.pick_model("Qwen/Qwen2-7B-Instruct"))  # doctest: +SKIP
+    >>> model, tokenizer = load("Qwen/Qwen2-72B-Instruct", device_map="balanced")  # doctest: +SKIP
     """
     if trust_remote_code:
         if not revision:
@@ -219,9 +250,10 @@ def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", 
     if not (trust_remote_code or xverse):
         check_no_remote_code(path)
     need = estimate(str(path), quant=quant, context=context)
-    if not force:
-        check_fits(need["total_gib"], model, max_memory)
     cuda = torch.cuda.is_available()
+    total_gib, _per_gpu = split_need_gib(need, gpus_used(device_map, torch.cuda.device_count()) if cuda else 1)
+    if not force:
+        check_fits(total_gib, model, max_memory)
     config = xverse or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     as_llama = {"config": xverse} if xverse else {}
     if dtype == "auto":

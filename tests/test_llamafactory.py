@@ -1,5 +1,6 @@
 """LLaMA-Factory route: the YAML files written from one set of settings (the real run is in notebook 06)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,34 @@ def test_export_refuses_an_existing_export_folder_unless_asked(settings, tmp_pat
         lf.run_cli("export", export, venv=venv)
     assert (merged / "model.safetensors").read_bytes() == b"an earlier export"
     assert lf.run_cli("export", export, venv=venv, overwrite=True)["action"] == "export"
+
+
+def test_single_gpu_train_yaml_is_unchanged_without_deepspeed(settings, tmp_path):
+    plain = lf.write_configs(settings, tmp_path / "a")["train"].read_bytes()
+    assert lf.write_configs(settings, tmp_path / "b", deepspeed=None)["train"].read_bytes() == plain
+    assert b"deepspeed" not in plain and "deepspeed" not in lf.train_config(settings)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_multi_gpu_train_yaml_names_its_deepspeed_file(settings, tmp_path, stage):
+    paths = lf.write_multi_gpu_configs(settings, tmp_path / "multi", zero_stage=stage)
+    train = yaml.safe_load(paths["train"].read_text())
+    assert Path(train["deepspeed"]) == paths["deepspeed"] and paths["deepspeed"].is_absolute()
+    assert json.loads(paths["deepspeed"].read_text())["zero_optimization"]["stage"] == stage
+    single = lf.train_config(settings)
+    assert {k: v for k, v in train.items() if k != "deepspeed"} == single  # the same settings otherwise
+    assert yaml.safe_load(paths["export"].read_text()) == lf.export_config(settings)
+
+
+def test_multi_gpu_configs_refuse_existing_files_and_bad_stages(settings, tmp_path):
+    folder = tmp_path / "multi"
+    folder.mkdir()
+    (folder / "ds_z2_config.json").write_text("mine")
+    with pytest.raises(BadInput, match="ds_z2_config.json exists already"):
+        lf.write_multi_gpu_configs(settings, folder)
+    assert (folder / "ds_z2_config.json").read_text() == "mine" and not (folder / "train.yaml").exists()
+    with pytest.raises(BadInput, match="stage must be 2 or 3"):
+        lf.write_multi_gpu_configs(settings, tmp_path / "other", zero_stage=1)
+    assert not (tmp_path / "other").exists()
+    lf.write_multi_gpu_configs(settings, folder, overwrite=True)
+    assert json.loads((folder / "ds_z2_config.json").read_text())["zero_optimization"]["stage"] == 2

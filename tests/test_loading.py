@@ -94,3 +94,14 @@ def test_gptq_backend_config(quant, cuda, capability, backend, expected):
 def test_gptq_backend_reaches_gptqmodel(gptq_dir):
     model, _ = llmkit.load(str(gptq_dir), gptq_backend="torch")  # the CPU's own choice is TorchAtenLinear
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "TorchLinear"
+
+
+def test_a_split_counts_each_cards_own_overhead():
+    from llmkit.memory import estimate
+
+    need = estimate("Qwen/Qwen2-72B-Instruct", context=4096)
+    one, _ = loading.split_need_gib(need, 1)
+    two, each = loading.split_need_gib(need, 2)
+    assert one == need["total_gib"] and len(each) == 2 and two > one and max(each) < one
+    assert loading.gpus_used("auto", 2) == 2 and loading.gpus_used("balanced", 4) == 4
+    assert loading.gpus_used("cuda:1", 2) == 1 and loading.gpus_used({"model": "cpu"}, 2) == 1

@@ -17,3 +17,14 @@ def test_gguf_table_quotes_the_result_file():
         assert str(step["eval_tokens_per_s"]) in readme, step
     builds = json.loads((ROOT / "benchmarks" / "results" / "llamacpp_build.json").read_text())["builds"]
     assert all(f"{b['seconds']}" in readme for b in builds)
+
+
+def test_split_table_quotes_the_result_file():
+    readme = (ROOT / "README.md").read_text()
+    split = json.loads((ROOT / "benchmarks" / "results" / "split72b_h200x2.json").read_text())
+    quoted = (split["weights_gib_per_gpu"] + split["peak_reserved_gib_per_gpu"] + split["llmkit_estimate"]["per_gpu_gib"]
+              + [split["generate_s"], split["new_tokens_per_s_incl_prefill"]])
+    assert all(f"{value}" in readme for value in quoted)
+    assert f"{split['layers_per_gpu']['0']} (+ embeddings) | {split['layers_per_gpu']['1']} (+ `lm_head`)" in readme
+    worst = max(abs(1 - r) for r in split["estimate_over_measured_per_gpu"])
+    assert f"within {worst * 100:.1f}%" in readme
