@@ -121,7 +121,7 @@ def lora_script(s: SlurmSettings, script: str, args: Sequence[str] = (), launche
     else:
         launch = (f'srun torchrun --nnodes "$SLURM_NNODES" --nproc_per_node {g} --rdzv_id "$SLURM_JOB_ID" '
                   f'--rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" {program}')
-    return _render(s, launch, f"LoRA training: {script}")
+    return _render(s, launch, f"LoRA training: {program}")
 
 
 def llamafactory_script(s: SlurmSettings, train_yaml: str | Path) -> str:

@@ -180,3 +180,43 @@ def test_deepspeed_files_parse_and_have_their_stage(tmp_path, stage):
         ds.write_zero_config(stage, path)
     with pytest.raises(BadInput, match="stage must be 2 or 3"):
         ds.zero_config(1)
+
+
+# --- the `llmkit sbatch` command ---------------------------------------------------------------------------------
+
+def test_cli_writes_a_two_node_lora_job_that_launches_llmkit_train_lora(tmp_path, capsys):
+    from llmkit.cli import main
+
+    job = tmp_path / "lora.sbatch"
+    argv = ["sbatch", "lora", str(job), "--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu",
+            "--setup", "source .venv/bin/activate", "--train-args", "--max-steps 10 --lora-rank 8"]
+    assert main(argv) == 0
+    text = job.read_text()
+    assert subprocess.run(["bash", "-n", str(job)]).returncode == 0
+    assert "#SBATCH --nodes=2" in text and "#SBATCH --gres=gpu:4" in text and "#SBATCH --partition=gpu" in text
+    assert "source .venv/bin/activate" in text and "export NCCL_NVLS_ENABLE=0" in text
+    assert text.strip().splitlines()[-1].startswith('srun torchrun --nnodes "$SLURM_NNODES" --nproc_per_node 4 ')
+    assert text.strip().endswith("-m llmkit.train_lora --max-steps 10 --lora-rank 8")
+    assert f"sbatch {job}" in capsys.readouterr().out
+    assert main(argv) == 2, "an existing job script is not overwritten"
+    assert job.read_text() == text
+
+
+def test_cli_llamafactory_job_writes_its_deepspeed_configs(tmp_path):
+    from llmkit.cli import main
+
+    job = tmp_path / "lf.sbatch"
+    assert main(["sbatch", "llamafactory", str(job), "--gpus-per-node", "2", "--model", "Qwen/Qwen2-7B-Instruct",
+                 "--dataset-dir", str(tmp_path / "data"), "--zero-stage", "3"]) == 0
+    configs = tmp_path / "lf-configs"
+    assert json.loads((configs / "ds_z3_config.json").read_text())["zero_optimization"]["stage"] == 3
+    assert f"deepspeed: {configs / 'ds_z3_config.json'}" in (configs / "train.yaml").read_text()
+    assert job.read_text().strip().endswith(f"llamafactory-cli train {configs / 'train.yaml'}")
+
+
+def test_cli_chat_job_needs_a_model(tmp_path, capsys):
+    from llmkit.cli import main
+
+    assert main(["sbatch", "chat", str(tmp_path / "c.sbatch")]) == 2
+    assert "needs --model" in capsys.readouterr().err
+    assert not (tmp_path / "c.sbatch").exists()
