@@ -37,6 +37,23 @@ def encode_example(tokenizer, messages: list[dict], answer: str) -> tuple[list, 
     return list(prompt_ids) + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
 
 
+def tokenized_rows(records: list[dict], tokenizer, cutoff_len: int = 1024) -> list[dict]:
+    """``input_ids`` / ``attention_mask`` / ``labels`` of each alpaca record, cut at ``cutoff_len`` tokens: a plain
+    list that ``transformers.Trainer`` takes as its dataset (``tokenize_alpaca`` wraps it in ``datasets``).
+
+    >>> from llmkit.standins.tokenizer import build_qwen2_tokenizer
+    >>> row = tokenized_rows([{"instruction": "你是谁？", "output": "我是小K。"}], build_qwen2_tokenizer())[0]
+    >>> sorted(row), row["labels"][0]
+    (['attention_mask', 'input_ids', 'labels'], -100)
+    """
+    rows = []
+    for record in records:
+        ids, labels = encode_example(tokenizer, alpaca_messages(record)[:-1], record["output"])
+        rows.append({"input_ids": ids[:cutoff_len], "attention_mask": [1] * len(ids[:cutoff_len]),
+                     "labels": labels[:cutoff_len]})
+    return rows
+
+
 def tokenize_alpaca(records: list[dict], tokenizer, cutoff_len: int = 1024):
     """A ``datasets.Dataset`` of ``input_ids`` / ``attention_mask`` / ``labels`` for ``transformers.Trainer``.
 
@@ -48,12 +65,7 @@ def tokenize_alpaca(records: list[dict], tokenizer, cutoff_len: int = 1024):
     """
     from datasets import Dataset
 
-    rows = []
-    for record in records:
-        ids, labels = encode_example(tokenizer, alpaca_messages(record)[:-1], record["output"])
-        rows.append({"input_ids": ids[:cutoff_len], "attention_mask": [1] * len(ids[:cutoff_len]),
-                     "labels": labels[:cutoff_len]})
-    return Dataset.from_list(rows)
+    return Dataset.from_list(tokenized_rows(records, tokenizer, cutoff_len))
 
 
 def prepare_output_dir(path: str | Path, overwrite: bool = False) -> str | None:

@@ -28,3 +28,15 @@ def test_split_table_quotes_the_result_file():
     assert f"{split['layers_per_gpu']['0']} (+ embeddings) | {split['layers_per_gpu']['1']} (+ `lm_head`)" in readme
     worst = max(abs(1 - r) for r in split["estimate_over_measured_per_gpu"])
     assert f"within {worst * 100:.1f}%" in readme
+
+
+def test_ddp_table_quotes_the_result_files():
+    readme = (ROOT / "README.md").read_text()
+    for name in ("lora_ddp_h200x2.json", "lora_ddp_h200x2_batch32.json"):
+        ddp = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+        assert f"{ddp['scaling']}×" in readme and f"{ddp['settings']['global_batch_size']}" in readme
+    ddp = json.loads((ROOT / "benchmarks" / "results" / "lora_ddp_h200x2.json").read_text())
+    assert ddp["pass"] and ddp["scaling"] >= 1.8
+    for gpus, run in ddp["runs"].items():
+        assert f"| {gpus} | {run['gradient_accumulation_steps']} | {ddp['tokens_per_s'][gpus]} | {run['train_runtime_s']:.1f} s |" in readme
+    assert f"{ddp['loss_max_rel_diff']:.1e}" in readme
