@@ -335,7 +335,7 @@ def _check_weights(folder: Path) -> tuple[list[str], list[str]]:
     indexes = [folder / name for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json")]
     problems = [problem for index in indexes if index.exists() for problem in _index_problems(folder, index)]
     safetensors = sorted(folder.glob("*.safetensors"))
-    problems += [problem for problem in map(_safetensors_problem, safetensors) if problem]
+    problems += [problem for problem in map(safetensors_problem, safetensors) if problem]
     pickles = sorted(folder.glob("*.bin"))
     notes = [f"{', '.join(p.name for p in pickles)}: pickle weights, present but not loaded or checked"] if pickles else []
     if not (safetensors or pickles or any(file.exists() for file in indexes)):
@@ -356,8 +356,13 @@ def _index_problems(folder: Path, index_file: Path) -> list[str]:
             if not (folder / shard).is_file()]
 
 
-def _safetensors_problem(file: Path) -> str | None:
-    """None when the header (8-byte little-endian length + JSON) reads and the size matches its last data offset."""
+def safetensors_problem(file: Path) -> str | None:
+    """None when the header (8-byte little-endian length + JSON) reads and the size matches its last data offset;
+    else the problem, naming the file (a download or a save that was cut short).
+
+    >>> safetensors_problem(Path("/dev/null"))
+    'null: truncated or corrupted (0 bytes, header length 0)'
+    """
     try:
         size = file.stat().st_size
         with file.open("rb") as handle:

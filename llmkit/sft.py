@@ -122,7 +122,7 @@ def checkpoint_problem(checkpoint: str | Path) -> str | None:
     >>> checkpoint_problem("/tmp")
     'no trainer_state.json'
     """
-    from safetensors import SafetensorError, safe_open
+    from llmkit.hub import safetensors_problem
 
     checkpoint = Path(checkpoint)
     state = checkpoint / "trainer_state.json"
@@ -133,10 +133,7 @@ def checkpoint_problem(checkpoint: str | Path) -> str | None:
     except ValueError:
         return "trainer_state.json is cut short"
     for file in sorted(checkpoint.glob("*.safetensors")):
-        try:
-            with safe_open(file, "pt"):
-                pass
-        except SafetensorError:  # "incomplete metadata, file not fully covered" for a file that ends early
+        if safetensors_problem(file):  # the same header-and-size check locate uses on downloads
             return f"{file.name} is cut short"
     for file in sorted([*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth"), *checkpoint.glob("*.bin")]):
         if not zipfile.is_zipfile(file):
