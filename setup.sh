@@ -19,6 +19,21 @@ if [ -z "$python_bin" ]; then
 fi
 
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
+# llama-cpp-python compiles llama.cpp at install. GGML_NATIVE=OFF gives a portable x86-64 build (AVX2/FMA/F16C,
+# no AVX-512, no AMX): a native build on an Intel Xeon with AMX crashed in ggml's AMX matmul (a general protection
+# fault at `ldtilecfg`) on every q4_k_m/q5_k_m file, and a build made on one machine must run on the next one.
+# CMAKE_ARGS adds to these flags (e.g. CMAKE_ARGS="-DGGML_CUDA=on" for a CUDA build). The flags are stamped, so a
+# build with other flags is replaced; --no-cache-dir keeps pip from reusing a wheel it built with other flags.
+llama_cpp_spec="$(grep '^llama-cpp-python==' requirements.txt)"
+llama_cpp_flags="-DGGML_NATIVE=OFF${CMAKE_ARGS:+ $CMAKE_ARGS}"
+llama_cpp_stamp=.venv/.llama-cpp-build
+if [ "$(cat "$llama_cpp_stamp" 2>/dev/null)" != "$llama_cpp_spec $llama_cpp_flags" ]; then
+  echo "setup.sh: compiling $llama_cpp_spec with CMAKE_ARGS='$llama_cpp_flags' (about 8 minutes on 2 cores)"
+  CMAKE_ARGS="$llama_cpp_flags" .venv/bin/pip install --progress-bar off --no-cache-dir --no-deps --force-reinstall \
+    "$llama_cpp_spec"
+  echo "$llama_cpp_spec $llama_cpp_flags" > "$llama_cpp_stamp"
+fi
+
 stamp=.venv/.llmkit-installed
 wanted="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1) ${TORCH_INDEX_URL:-}"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then

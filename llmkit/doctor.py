@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from llmkit import card
 from llmkit.env import COULD_NOT_COLLECT, collect_facts
+from llmkit.errors import BadInput
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 TORCH_INDEX = "https://download.pytorch.org/whl"
@@ -87,9 +89,30 @@ def check_gpus(facts: dict, require_gpu: bool = False) -> list[Row]:
         return [Row("GPU", "none found", FAIL if require_gpu else WARN, fix)]
     return [
         Row(f"GPU {g['index']}", f"{g['name']}, compute capability {g['compute_capability']}, "
-            f"{g['memory_free_gib']} of {g['memory_total_gib']} GiB free", OK)
+            f"{g['memory_free_gib']} of {g['memory_total_gib']} GiB free"
+            + (f" (emulating a {g['emulated_card_gb']:g} GB card)" if g.get("emulated_card_gb") else ""), OK)
         for g in smi["gpus"]
     ]
+
+
+def check_card_emulation(facts: dict) -> list[Row]:
+    """A row when ``LLMKIT_CARD_GB`` makes the GPU behave as a smaller card (``llmkit.card``): WARN, so a
+    rehearsal is never mistaken for the real card; FAIL when its value is not a card size.
+
+    >>> check_card_emulation({"settings": {"LLMKIT_CARD_GB": "24"}})[0].status
+    'WARN'
+    >>> check_card_emulation({"settings": {"LLMKIT_CARD_GB": "big"}})[0].status
+    'FAIL'
+    """
+    value = (facts.get("settings") or {}).get(card.CARD_ENV)
+    if not value:
+        return []
+    try:
+        size = card.card_gib(value)
+    except BadInput as error:
+        return [Row("card emulation", f"{card.CARD_ENV}={value}", FAIL, str(error))]
+    return [Row("card emulation", f"{card.CARD_ENV}={value}: the GPU behaves as a {size:g} GB card", WARN,
+                "a rehearsal setting; unset LLMKIT_CARD_GB to use the whole GPU")]
 
 
 def check_driver_and_torch(facts: dict) -> list[Row]:
@@ -224,7 +247,7 @@ def run_checks(facts: dict, require_gpu: bool = False) -> list[Row]:
     >>> rows = run_checks({"os": "Linux", "python": "3.11.7"}); all(r.status in ("OK", "WARN", "FAIL") for r in rows)
     True
     """
-    return (check_platform(facts) + check_gpus(facts, require_gpu) + check_driver_and_torch(facts)
+    return (check_platform(facts) + check_gpus(facts, require_gpu) + check_card_emulation(facts) + check_driver_and_torch(facts)
             + check_toolkit(facts) + check_packages(facts) + check_resources(facts))
 
 

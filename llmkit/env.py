@@ -18,7 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llmkit.errors import mask_secrets
+from llmkit import card
+from llmkit.errors import BadInput, mask_secrets
 from llmkit.hub import hf_cache_dir
 
 COULD_NOT_COLLECT = "could not collect"
@@ -27,7 +28,7 @@ PACKAGES = [
     "flash-attn", "vllm", "llama-cpp-python", "huggingface-hub", "modelscope", "safetensors", "tokenizers",
 ]
 SETTINGS = ["HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "MODELSCOPE_CACHE", "LLMKIT_MODEL_DIR",
-            "SCOW_AI_MODEL_PATH", "CUDA_VISIBLE_DEVICES"]
+            "SCOW_AI_MODEL_PATH", "CUDA_VISIBLE_DEVICES", "LLMKIT_CARD_GB"]
 SECRETS = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN"]
 
 
@@ -201,13 +202,37 @@ def settings() -> dict[str, str | None]:
     return values
 
 
+def as_emulated_card(smi):
+    """nvidia-smi's facts with each GPU's memory as the card ``LLMKIT_CARD_GB`` emulates (``llmkit.card``); unchanged
+    when it is unset or not a valid size (the doctor's card-emulation row then says what is wrong).
+
+    >>> os.environ["LLMKIT_CARD_GB"] = "24"
+    >>> as_emulated_card({"gpus": [{"memory_total_gib": 139.8, "memory_free_gib": 139.0}]})["gpus"][0]
+    {'memory_total_gib': 24.0, 'memory_free_gib': 23.2, 'emulated_card_gb': 24.0}
+    >>> del os.environ["LLMKIT_CARD_GB"]
+    """
+    try:
+        size = card.card_gib()
+    except BadInput:
+        size = None
+    if size is None or not isinstance(smi, dict):
+        return smi
+    gib = card.GIB
+    gpus = []
+    for gpu in smi.get("gpus", []):
+        free, total = card.emulate(int(gpu["memory_free_gib"] * gib), int(gpu["memory_total_gib"] * gib), size)
+        gpus.append({**gpu, "memory_total_gib": round(total / gib, 1), "memory_free_gib": round(free / gib, 1),
+                     "emulated_card_gb": size})
+    return {**smi, "gpus": gpus}
+
+
 def collect_facts() -> dict:
     """Every fact the doctor judges, as a JSON-serialisable dict.
 
     >>> facts = collect_facts(); facts["python"].startswith("3.")
     True
     """
-    smi = nvidia_smi()
+    smi = as_emulated_card(nvidia_smi())
     torch_info = torch_facts()
     packages = package_versions()
     cuda_ok = isinstance(torch_info, dict) and torch_info.get("cuda_available", False)

@@ -17,6 +17,7 @@ import torch
 from accelerate.utils import convert_file_size_to_int
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from llmkit import card
 from llmkit.errors import BadInput, LlmkitError
 from llmkit.hub import Located, locate
 from llmkit.memory import estimate, per_gpu_gib
@@ -129,8 +130,8 @@ def choose_dtype(config, cuda: bool, bf16_supported: bool) -> tuple[torch.dtype,
 
 
 def free_memory_gib(max_memory: dict | None = None) -> tuple[float, str]:
-    """Memory the model may use: free GPU memory summed over visible GPUs (capped by ``max_memory``),
-    or available RAM when there is no GPU. Returns (GiB, what was measured).
+    """Memory the model may use: free GPU memory summed over visible GPUs (capped by ``max_memory``; an emulated
+    card's free memory under ``LLMKIT_CARD_GB``), or available RAM when there is no GPU. Returns (GiB, what was measured).
 
     >>> free_memory_gib()[0] > 0
     True
@@ -138,10 +139,11 @@ def free_memory_gib(max_memory: dict | None = None) -> tuple[float, str]:
     if torch.cuda.is_available():
         total = 0.0
         for index in range(torch.cuda.device_count()):
-            free = torch.cuda.mem_get_info(index)[0] / GIB
+            free = card.mem_get_info(index)[0] / GIB
             cap = (max_memory or {}).get(index)
             total += min(free, convert_file_size_to_int(cap) / GIB) if cap is not None else free
-        return total, f"free memory of {torch.cuda.device_count()} GPU(s)"
+        emulated = f" (emulated {card.card_gib():g} GB card, {card.CARD_ENV})" if card.card_gib() else ""
+        return total, f"free memory of {torch.cuda.device_count()} GPU(s){emulated}"
     import psutil
 
     return psutil.virtual_memory().available / GIB, "available RAM (no GPU)"
@@ -242,6 +244,7 @@ def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", 
         if not revision:
             raise BadInput("trust_remote_code=True runs code from the model repository: pin it with revision='<commit>'")
         warnings.warn(f"trust_remote_code=True: running the repository's own Python code at revision {revision}")
+    card.apply()
     found = locate(model)
     check_complete(found, model)
     path = Path(found.path)

@@ -184,7 +184,7 @@ def test_the_page_never_runs_a_models_own_code(monkeypatch, tmp_path, chat_dir):
 def test_non_finite_logits_are_an_error_in_the_chat_not_a_crash(monkeypatch, tmp_path, chat_dir):
     model, tokenizer = llmkit.loading.load(str(chat_dir), dtype=torch.float16)
     monkeypatch.setattr(llmkit.loading, "load", lambda path, **kwargs: (overflow(model), tokenizer))
-    at = open_model_page(monkeypatch, tmp_path / "fp16-model")  # a path of its own: not a cached model
+    at = open_model_page(monkeypatch, copy_model(chat_dir, tmp_path / "fp16-model"))  # a path of its own: not a cached model
     at.chat_input[0].set_value("你好").run()
     assert not at.exception, at.exception
     assert re.fullmatch(NAN_MESSAGE, at.error[0].value)

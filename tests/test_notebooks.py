@@ -34,3 +34,13 @@ def test_follows_course_conventions(path):
     assert sum("assert " in c.source for c in cells) >= len(cells) // 2, "important cells assert what they show"
     headings = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines() if line.startswith("## ")]
     assert headings and all(" / " in h for h in headings), "headings are bilingual: '## 中文 / English'"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_kernel_is_the_one_setup_registers(path):
+    """A learner who opens a notebook in JupyterLab gets the kernel setup.sh registers (the venv with llmkit)."""
+    setup = (path.parent.parent / "setup.sh").read_text(encoding="utf-8")
+    name = re.search(r"ipykernel install .*--name (\S+)", setup).group(1)
+    display = re.search(r'--display-name "([^"]+)"', setup).group(1)
+    kernelspec = nbformat.read(path, as_version=4).metadata.kernelspec
+    assert (kernelspec.name, kernelspec.display_name) == (name, display)

@@ -3,10 +3,10 @@ import pytest
 from llmkit.pick import NoStandInError, pick_model
 
 
-def test_real_mode_returns_id_unchanged(monkeypatch, capsys):
+def test_real_mode_returns_the_folder_llmkit_locate_finds(monkeypatch, capsys, chat_dir):
     monkeypatch.delenv("LLMKIT_STANDIN", raising=False)
-    assert pick_model("Qwen/Qwen2-7B-Instruct") == "Qwen/Qwen2-7B-Instruct"
-    assert capsys.readouterr().out == ""
+    assert pick_model(str(chat_dir)) == str(chat_dir.resolve())
+    assert capsys.readouterr().out == ""  # a path given: nothing to report
 
 
 def test_standin_mode_returns_path_and_prints_banner(monkeypatch, capsys, chat_dir):

@@ -4,7 +4,7 @@ Exit codes: 0 success; 1 the command ran and found a failure (doctor FAIL, an in
 download, a benchmark backend that failed, llama.cpp's converter failed, any other ``LlmkitError``, a full disk);
 2 bad input (usage, unknown stand-in or model id, a model without a stand-in in stand-in mode, an existing output);
 3 model not found on disk (any command that needs it; the line says how to download it); 4 the model will not
-fit the free memory (nothing was loaded); 130 interrupted (Ctrl-C). Errors are one line on stderr; ``--debug``
+fit the free memory (nothing was loaded); 5 a command that needs a CUDA GPU found none (``llmkit rehearse``); 130 interrupted (Ctrl-C). Errors are one line on stderr; ``--debug``
 adds the traceback before it. Tokens and passwords are masked in both (``llmkit.errors.mask_secrets``).
 """
 
@@ -16,11 +16,11 @@ import sys
 import traceback
 
 from llmkit.cli import (bench_cmd, chat_cmd, doctor_cmd, download_cmd, estimate_cmd, gguf_cmd, locate_cmd,
-                        sbatch_cmd, standin_cmd)
+                        rehearse_cmd, sbatch_cmd, standin_cmd)
 from llmkit.errors import BadInput, LlmkitError, mask_secrets
 from llmkit.hub import ModelNotFound
 
-COMMANDS = [doctor_cmd, standin_cmd, chat_cmd, estimate_cmd, locate_cmd, download_cmd, bench_cmd, gguf_cmd, sbatch_cmd]
+COMMANDS = [doctor_cmd, standin_cmd, chat_cmd, estimate_cmd, locate_cmd, download_cmd, bench_cmd, gguf_cmd, sbatch_cmd, rehearse_cmd]
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_WONT_FIT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 

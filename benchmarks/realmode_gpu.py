@@ -1,0 +1,152 @@
+"""Run the course's notebooks in real mode on a big GPU emulating a learner's card; one JSON per card size.
+
+The real model ids resolve to full-shape random-weight checkpoints (``llmkit rehearse``, written first), and
+``LLMKIT_CARD_GB`` makes the GPU behave as a 24 / 40 / 80 GB card (``llmkit.card``). Each notebook is executed
+top to bottom with nbclient (the engine nbval drives): a cell fails exactly when nbval would fail it (it raised).
+Recorded per notebook: cells passed / failed (with the error) / skipped by the notebook (cells that print a line
+starting with ``[skipped]``, with that line), peak GPU memory of all processes (nvidia-smi every 0.25 s), disk
+written, wall time; the executed notebooks are kept (``--keep``) for reading.
+
+    python benchmarks/realmode_gpu.py --cards 24 80 --notebooks 00 02 05 --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIP_MARK = "[skipped]"
+
+
+class PeakGpuMemory:
+    """Polls nvidia-smi's memory.used (all processes, all GPUs summed) in a thread; ``peak_gib`` after ``stop``."""
+
+    def __init__(self, every_s: float = 0.25):
+        self.every_s, self.peak_mib, self._stop = every_s, 0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self):
+        while not self._stop.is_set():
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True).stdout
+            self.peak_mib = max(self.peak_mib, sum(int(x) for x in out.split() if x.isdigit()))
+            self._stop.wait(self.every_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_gib(self) -> float:
+        return round(self.peak_mib / 1024, 2)
+
+
+def cell_report(nb) -> dict:
+    """Passed / failed / skipped-by-the-notebook code cells of an executed notebook, with messages."""
+    passed, failures, skips = 0, [], []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+        skipped = [line for line in text.splitlines() if line.startswith(SKIP_MARK)]
+        if errors:
+            failures.append({"cell": index, "error": f"{errors[0].ename}: {errors[0].evalue}"[:600]})
+        elif skipped:
+            skips.append({"cell": index, "message": skipped[0][:300]})
+        elif cell.get("execution_count") is not None:
+            passed += 1
+    return {"passed": passed, "failed": len(failures), "skipped_by_notebook": len(skips),
+            "failures": failures, "skips": skips}
+
+
+def run_notebook(path: Path, card: int, keep: Path, timeout_s: int) -> dict:
+    env_before = dict(os.environ)
+    os.environ.update({"LLMKIT_STANDIN": "0", "LLMKIT_CARD_GB": str(card), "HF_HUB_OFFLINE": "1",
+                       "TQDM_DISABLE": "1"})
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(path.parent)}})
+    disk_before = shutil.disk_usage("/").used
+    started = time.perf_counter()
+    error = None
+    with PeakGpuMemory() as gpu:
+        try:
+            client.execute()
+        except Exception as exc:  # a cell timeout or a dead kernel: recorded, the next notebook still runs
+            error = f"{type(exc).__name__}: {exc}"[:600]
+    wall = time.perf_counter() - started
+    os.environ.clear()
+    os.environ.update(env_before)
+    nbformat.write(nb, keep / f"{path.stem}_{card}gb.ipynb")
+    report = cell_report(nb)
+    if error:
+        report["failures"].append({"cell": None, "error": error})
+        report["failed"] += 1
+    return {**report, "peak_gpu_gib": gpu.peak_gib, "card_gb": card,
+            "disk_written_gib": round((shutil.disk_usage("/").used - disk_before) / 2**30, 2),
+            "wall_s": round(wall, 1)}
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+    for name in ("optimum", "gptqmodel", "peft", "accelerate", "llama_cpp"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # not installed there: recorded as such
+            versions[name] = None
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {"gpu": torch.cuda.get_device_name(0), "gpu_total_gib": round(torch.cuda.mem_get_info()[1] / 2**30, 1),
+            "versions": versions, "date": datetime.date.today().isoformat(), "commit": commit or None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cards", nargs="+", type=int, default=[24, 80])
+    parser.add_argument("--notebooks", nargs="+", required=True, help="notebook numbers, e.g. 00 02 05")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--keep", type=Path, default=Path("/tmp/realmode_notebooks"), help="executed notebooks")
+    parser.add_argument("--cell-timeout", type=int, default=400)
+    parser.add_argument("--deadline-s", type=float, default=540, help="start no notebook after this many seconds")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.keep.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    for card in args.cards:
+        result_file = args.out / f"realmode_h200_{card}gb.json"
+        result = json.loads(result_file.read_text()) if result_file.exists() else {"card_gb": card, "notebooks": {}}
+        result.update(machine=info)
+        for number in args.notebooks:
+            if time.perf_counter() - started > args.deadline_s:
+                print(f"deadline: {number} at {card} GB not started", flush=True)
+                continue
+            path = next((ROOT / "notebooks").glob(f"{number}_*.ipynb"))
+            print(f"--- {path.name} at {card} GB", flush=True)
+            report = run_notebook(path, card, args.keep, args.cell_timeout)
+            result["notebooks"][path.stem] = report
+            print(json.dumps({k: v for k, v in report.items() if k != "skips"}, ensure_ascii=False), flush=True)
+            result_file.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

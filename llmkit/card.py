@@ -1,0 +1,136 @@
+"""Card-size emulation: make a big GPU behave as a 24 GB (RTX 4090), 40 GB or 80 GB (A100) card.
+
+One setting, ``LLMKIT_CARD_GB=24`` (or 40, 80, any size up to the real card), does two things:
+
+- PyTorch's caching allocator of every Python process is capped at that size minus the CUDA context, so a
+  model or a batch that would not fit the smaller card runs out of memory as it would there. llmkit applies the
+  cap itself (``pick_model``, ``load``); other Python processes started with ``child_env()``'s environment
+  (servers, the chatbot) apply it through a ``sitecustomize`` hook when they first initialise CUDA.
+- llmkit's fit checks, the doctor and the notebooks read the card's memory through ``mem_get_info``: total is the
+  emulated size, free is that size minus what every process on the real GPU uses.
+
+It is how the course's real mode is rehearsed on one big GPU (``llmkit rehearse``); a learner's own 24 GB card
+needs no setting.
+
+>>> os.environ.pop(CARD_ENV, None); card_gib() is None
+True
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from llmkit.errors import BadInput
+
+CARD_ENV = "LLMKIT_CARD_GB"
+GIB = 2**30
+# What a CUDA context takes outside PyTorch's allocator on the course's stack (0.70-0.76 GiB measured on an H200
+# with torch 2.11 / CUDA 13; llmkit.memory counts the same figure): the allocator gets the card minus this.
+CONTEXT_GIB = 0.75
+HOOK_DIR = Path(__file__).with_name("card_hook")
+
+
+def card_gib(value: str | None = None) -> float | None:
+    """The emulated card size in GiB from ``value`` (default: ``LLMKIT_CARD_GB``), or None when it is not set.
+
+    >>> os.environ[CARD_ENV] = "24"; card_gib()
+    24.0
+    >>> os.environ[CARD_ENV] = "huge"; card_gib()
+    Traceback (most recent call last):
+    ...
+    llmkit.errors.BadInput: LLMKIT_CARD_GB='huge' is not a card size: set it to the GB of the card to emulate (24 for an RTX 4090, 40 or 80 for an A100), or unset it to use the whole GPU
+    >>> del os.environ[CARD_ENV]
+    """
+    text = (os.environ.get(CARD_ENV, "") if value is None else value).strip()
+    if not text:
+        return None
+    try:
+        size = float(text)
+    except ValueError:
+        size = 0.0
+    if not 1 <= size <= 4096:
+        raise BadInput(f"{CARD_ENV}={text!r} is not a card size: set it to the GB of the card to emulate (24 for an "
+                       "RTX 4090, 40 or 80 for an A100), or unset it to use the whole GPU")
+    return size
+
+
+def allocator_fraction(card: float, real_total_bytes: int) -> float:
+    """The fraction of the real card PyTorch's allocator may use so that, with the CUDA context, the process
+    stays inside a ``card``-GiB card.
+
+    >>> round(allocator_fraction(24, 140 * GIB), 4)
+    0.1661
+    >>> allocator_fraction(200, 140 * GIB)
+    Traceback (most recent call last):
+    ...
+    llmkit.errors.BadInput: LLMKIT_CARD_GB=200 is larger than this GPU (140.0 GiB): emulate a smaller card or unset it
+    """
+    real = real_total_bytes / GIB
+    if card > real:
+        raise BadInput(f"{CARD_ENV}={card:g} is larger than this GPU ({real:.1f} GiB): emulate a smaller card or unset it")
+    return (card - CONTEXT_GIB) / real
+
+
+def apply() -> float | None:
+    """Cap PyTorch's allocator on every visible GPU at the emulated card size; returns the size, or None when
+    ``LLMKIT_CARD_GB`` is unset or there is no GPU. Safe to call again (the cap is simply set again).
+
+    >>> os.environ.pop(CARD_ENV, None); apply() is None
+    True
+    """
+    card = card_gib()
+    if card is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    for index in range(torch.cuda.device_count()):
+        total = torch.cuda.get_device_properties(index).total_memory
+        torch.cuda.set_per_process_memory_fraction(allocator_fraction(card, total), index)
+    os.environ["PYTHONPATH"] = child_env()["PYTHONPATH"]  # Python processes started from here are capped too
+    return card
+
+
+def emulate(free_bytes: int, total_bytes: int, card: float | None = None) -> tuple[int, int]:
+    """(free, total) as the emulated card would report them: total is the card, free is the card minus what every
+    process on the real GPU uses (never below 0). Unchanged when no card is emulated.
+
+    >>> emulate(130 * GIB, 140 * GIB, card=24) == (14 * GIB, 24 * GIB)
+    True
+    >>> emulate(100 * GIB, 140 * GIB, card=None) == (100 * GIB, 140 * GIB)
+    True
+    """
+    if card is None:
+        return free_bytes, total_bytes
+    card_bytes = int(card * GIB)
+    used = total_bytes - free_bytes
+    return max(0, card_bytes - used), card_bytes
+
+
+def mem_get_info(index: int = 0) -> tuple[int, int]:
+    """``torch.cuda.mem_get_info(index)`` as the emulated card would report it (see ``emulate``).
+
+    >>> mem_get_info()  # doctest: +SKIP
+    (24877219840, 25769803776)
+    """
+    import torch
+
+    free, total = torch.cuda.mem_get_info(index)
+    return emulate(free, total, card_gib())
+
+
+def child_env(env: dict | None = None) -> dict:
+    """A copy of ``env`` (default: this process's environment) whose Python processes apply the card cap when they
+    initialise CUDA (the ``sitecustomize`` hook on ``PYTHONPATH``). Unchanged when no card is emulated.
+
+    >>> child_env({"LLMKIT_CARD_GB": "24"})["PYTHONPATH"].endswith("card_hook")
+    True
+    """
+    env = dict(os.environ if env is None else env)
+    if not env.get(CARD_ENV, "").strip():
+        return env
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(HOOK_DIR)]
+    env["PYTHONPATH"] = os.pathsep.join([str(HOOK_DIR)] + paths)
+    return env
