@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -105,14 +106,15 @@ def run_notebook(path: Path, card: int, keep: Path, timeout_s: int) -> dict:
 
 
 def machine() -> dict:
+    """GPU, versions (read from package metadata: importing gptqmodel here would change HF_HOME for the
+    notebooks' kernels, see ``llmkit.hub.pin_hf_home``), date and commit."""
     import torch
-    import transformers
 
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
-    for name in ("optimum", "gptqmodel", "peft", "accelerate", "llama_cpp"):
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "optimum", "gptqmodel", "peft", "accelerate", "llama-cpp-python"):
         try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # not installed there: recorded as such
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     return {"gpu": torch.cuda.get_device_name(0), "gpu_total_gib": round(torch.cuda.mem_get_info()[1] / 2**30, 1),

@@ -5,11 +5,14 @@
 True
 """
 
-from llmkit.doctor import doctor
-from llmkit.hub import download, locate
-from llmkit.memory import estimate
-from llmkit.pick import pick_model, standin_mode
-from llmkit.standins import list_standins, standin_path
+from llmkit.hub import download, locate, pin_hf_home
+
+pin_hf_home()  # before anything imports gptqmodel, whose tokenicer would move the Hugging Face cache to /tmp
+
+from llmkit.doctor import doctor  # noqa: E402  (after pin_hf_home)
+from llmkit.memory import estimate  # noqa: E402
+from llmkit.pick import pick_model, standin_mode  # noqa: E402
+from llmkit.standins import list_standins, standin_path  # noqa: E402
 
 __all__ = ["ChatSession", "doctor", "download", "estimate", "list_standins", "load", "locate", "pick_model", "quantize", "standin_mode", "standin_path"]
 __version__ = "0.1.0"

@@ -6,8 +6,10 @@ One setting, ``LLMKIT_CARD_GB=24`` (or 40, 80, any size up to the real card), do
   model or a batch that would not fit the smaller card runs out of memory as it would there. llmkit applies the
   cap itself (``pick_model``, ``load``); other Python processes started with ``child_env()``'s environment
   (servers, the chatbot) apply it through a ``sitecustomize`` hook when they first initialise CUDA.
-- llmkit's fit checks, the doctor and the notebooks read the card's memory through ``mem_get_info``: total is the
-  emulated size, free is that size minus what every process on the real GPU uses.
+- ``torch.cuda.mem_get_info`` reports the emulated card: total is its size, free is that size minus what every
+  process on the real GPU uses. llmkit's fit checks and the doctor read it, and so do the libraries that size
+  themselves from free memory (transformers' continuous batching sizes its KV cache that way; on a real 24 GB card
+  it would find about 8 GiB free beside a 7B model, not the big GPU's 120).
 
 It is how the course's real mode is rehearsed on one big GPU (``llmkit rehearse``); a learner's own 24 GB card
 needs no setting.
@@ -18,6 +20,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -89,6 +92,13 @@ def apply() -> float | None:
     for index in range(torch.cuda.device_count()):
         total = torch.cuda.get_device_properties(index).total_memory
         torch.cuda.set_per_process_memory_fraction(allocator_fraction(card, total), index)
+    real = _real_mem_get_info(torch)
+
+    @functools.wraps(real)
+    def emulated_mem_get_info(device=None):
+        return emulate(*real(device), card_gib())
+
+    torch.cuda.mem_get_info = torch.cuda.memory.mem_get_info = emulated_mem_get_info
     os.environ["PYTHONPATH"] = child_env()["PYTHONPATH"]  # Python processes started from here are capped too
     return card
 
@@ -117,8 +127,13 @@ def mem_get_info(index: int = 0) -> tuple[int, int]:
     """
     import torch
 
-    free, total = torch.cuda.mem_get_info(index)
+    free, total = _real_mem_get_info(torch)(index)
     return emulate(free, total, card_gib())
+
+
+def _real_mem_get_info(torch):
+    """torch's own ``mem_get_info``, also after ``apply`` replaced it (``functools.wraps`` keeps it as ``__wrapped__``)."""
+    return getattr(torch.cuda.mem_get_info, "__wrapped__", torch.cuda.mem_get_info)
 
 
 def child_env(env: dict | None = None) -> dict:

@@ -139,6 +139,20 @@ def hf_cache_dir() -> Path:
     return Path(os.environ.get("HF_HOME") or Path(cache_home) / "huggingface").expanduser() / "hub"
 
 
+def pin_hf_home() -> None:
+    """Set ``HF_HOME`` to where the Hugging Face cache is now, if it is unset, so that nothing imported later moves it.
+
+    gptqmodel 7.6 imports ``tokenicer``, whose import sets ``HF_HOME=/tmp/tokenicer_hf_home`` (and ``HF_HUB_CACHE``)
+    when they are unset: after the first GPTQ model is loaded, every later lookup in that Python process (a second
+    model in the same notebook) would search, or download into, /tmp. ``import llmkit`` calls this first.
+
+    >>> pin_hf_home(); os.environ["HF_HOME"] == str(hf_cache_dir().parent) or "HF_HUB_CACHE" in os.environ
+    True
+    """
+    if not os.environ.get("HF_HOME") and not os.environ.get("HF_HUB_CACHE"):
+        os.environ["HF_HOME"] = str(hf_cache_dir().parent)
+
+
 def locate(model_id_or_path: str | os.PathLike) -> Located:
     """Find a model on disk and verify it; the first complete copy wins, else the first copy found.
 

@@ -173,3 +173,12 @@ def test_python_processes_started_with_child_env_queue_the_cap_for_cuda_start(mo
     env.pop(card.CARD_ENV)
     without = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert with_hook.stdout.strip() == "True" and without.stdout.strip() == "False"
+
+
+def test_importing_gptqmodel_after_llmkit_leaves_the_hugging_face_cache_where_it_was(tmp_path):
+    """tokenicer (imported by gptqmodel) sets HF_HOME=/tmp/tokenicer_hf_home when it is unset."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE")}
+    env["HOME"] = str(tmp_path)
+    probe = "import llmkit, gptqmodel; from llmkit.hub import hf_cache_dir; print(hf_cache_dir())"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / ".cache" / "huggingface" / "hub")
