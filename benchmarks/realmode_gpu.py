@@ -116,9 +116,15 @@ def machine() -> dict:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     return {"gpu": torch.cuda.get_device_name(0), "gpu_total_gib": round(torch.cuda.mem_get_info()[1] / 2**30, 1),
-            "versions": versions, "date": datetime.date.today().isoformat(), "commit": commit or None}
+            "versions": versions}
+
+
+def code_version() -> str | None:
+    """The commit the notebooks ran at: ``$LLMKIT_COMMIT`` (the GPU machine's copy of the tree may carry a stale
+    .git), else ``git rev-parse HEAD``."""
+    return os.environ.get("LLMKIT_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or None
 
 
 def main() -> None:
@@ -145,7 +151,8 @@ def main() -> None:
             path = next((ROOT / "notebooks").glob(f"{number}_*.ipynb"))
             print(f"--- {path.name} at {card} GB", flush=True)
             report = run_notebook(path, card, args.keep, args.cell_timeout)
-            result["notebooks"][path.stem] = report
+            result["notebooks"][path.stem] = {**report, "date": datetime.date.today().isoformat(),
+                                              "commit": code_version()}
             print(json.dumps({k: v for k, v in report.items() if k != "skips"}, ensure_ascii=False), flush=True)
             result_file.write_text(json.dumps(result, indent=2, ensure_ascii=False))
 
