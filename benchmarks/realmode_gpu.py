@@ -127,6 +127,22 @@ def code_version() -> str | None:
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or None
 
 
+def readme_table(results: Path = ROOT / "benchmarks" / "results", cards: tuple[int, ...] = (24, 80)) -> str:
+    """The README's real-mode table, made from the result files (tests/test_readme_numbers.py compares the two)."""
+    runs = {card: json.loads(f.read_text())["notebooks"] if (f := results / f"realmode_h200_{card}gb.json").exists()
+            else {} for card in cards}
+    lines = ["| notebook | " + " | ".join(f"{card} GB card" for card in cards) + " |", "| --- |" + " --- |" * len(cards)]
+    for name in sorted(set().union(*runs.values())):
+        cells = []
+        for card in cards:
+            r = runs[card].get(name)
+            cells.append("not run yet" if r is None else
+                         f"{r['passed']} passed, {r['failed']} failed, {r['skipped_by_notebook']} skipped by the notebook; "
+                         f"peak {r['peak_gpu_gib']} GiB, {r['wall_s']} s")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cards", nargs="+", type=int, default=[24, 80])

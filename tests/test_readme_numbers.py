@@ -40,3 +40,14 @@ def test_ddp_table_quotes_the_result_files():
     for gpus, run in ddp["runs"].items():
         assert f"| {gpus} | {run['gradient_accumulation_steps']} | {ddp['tokens_per_s'][gpus]} | {run['train_runtime_s']:.1f} s |" in readme
     assert f"{ddp['loss_max_rel_diff']:.1e}" in readme
+
+
+def test_real_mode_table_is_made_from_the_result_files():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import realmode_gpu
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- realmode-table -->\n")[1].split("\n<!-- /realmode-table -->")[0]
+    assert block == realmode_gpu.readme_table()
