@@ -3,8 +3,8 @@ against ``llmkit.estimate`` (with a 4k context exercised) and batch-1 decode spe
 
 Memory and speed do not depend on the weights' values, so random weights measure what the real model would
 (random fp16 values may overflow to inf/NaN through 80 layers; decode length is forced and checked).
-The checkpoint is written directly as GPTQ v1 safetensors shards (the tensor names and shapes Qwen publishes):
-qweight [in/8, out] int32, qzeros [in/128, out/8] int32, scales [in/128, out] fp16, g_idx [in] int32, q/k/v bias.
+The checkpoint is ``llmkit rehearse``'s: GPTQ v1 safetensors shards with the tensor names and shapes Qwen publishes
+(``llmkit.rehearsal``).
 
 Steps (each a sub-command, so the Marlin JIT build can run beside the checkpoint writing):
     python benchmarks/gptq72b_gpu.py write --dir /tmp/q72     # ~41.6 GB on disk
@@ -17,7 +17,6 @@ Needs optimum + gptqmodel (and pypcre): see benchmarks/GPU_NOTES.md.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime
 import json
 import os
@@ -32,113 +31,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 from load_memory_gpu import copy_bandwidth_gbs, decode_tokens_per_s, measure_full_context  # noqa: E402  (reused, not copied)
 
 MODEL_ID = "Qwen/Qwen2-72B-Instruct-GPTQ-Int4"
-GEN = "cuda" if torch.cuda.is_available() else "cpu"  # where random values are drawn
 
 
-def _rand_int32(shape, gen_device=None) -> torch.Tensor:
-    n = 1
-    for s in shape:
-        n *= s
-    return torch.randint(0, 256, (n * 4,), dtype=torch.uint8, device=gen_device or GEN).view(torch.int32).reshape(shape).cpu()
-
-
-def _quant_linear(prefix: str, n_in: int, n_out: int, group: int, bias: bool) -> dict:
-    t = {
-        f"{prefix}.qweight": _rand_int32((n_in // 8, n_out)),
-        # GPTQ v1 stores zero-1; 0x77777777 = zero point 8 in every nibble, what sym=True checkpoints hold
-        f"{prefix}.qzeros": torch.full((n_in // group, n_out // 8), 0x77777777, dtype=torch.int32),
-        f"{prefix}.scales": (0.01 * torch.randn(n_in // group, n_out, device=GEN).abs()).half().cpu(),
-        f"{prefix}.g_idx": (torch.arange(n_in, dtype=torch.int32) // group),
-    }
-    if bias:
-        t[f"{prefix}.bias"] = (0.02 * torch.randn(n_out, device=GEN)).half().cpu()
-    return t
-
-
-def _normal(shape, std=0.02) -> torch.Tensor:
-    return (std * torch.randn(*shape, device=GEN)).half().cpu()
-
-
-def write_random_gptq_checkpoint(out: Path, shard_bytes: int = 4 * 10**9, cfg: dict | None = None,
-                                 backend: str | None = "marlin") -> dict:
-    """Write config, tokenizer, generation config and random GPTQ v1 shards; returns sizes and timing.
+def write_random_gptq_checkpoint(out: Path, backend: str | None = "marlin") -> dict:
+    """The rehearsal checkpoint of Qwen2-72B-Instruct-GPTQ-Int4 (``llmkit.rehearsal.write_folder``) in ``out``.
 
     ``backend``: written into quantization_config. On an H100 gptqmodel 7.6's auto-selection picks MacheteLinear,
-    whose JIT build downloads CUTLASS at first use (impossible offline), so the default asks for Marlin.
+    whose JIT build downloads CUTLASS at first use (impossible offline); ``llmkit.load`` asks for Marlin itself, so
+    callers that load through it pass None.
     """
-    from safetensors.torch import save_file
-
-    from llmkit.memory import shipped_config
-    from llmkit.standins.qwen2_chat import qwen2_generation_config
-    from llmkit.standins.tokenizer import build_qwen2_tokenizer
+    from llmkit.rehearsal import write_folder
 
     if (out / "model.safetensors.index.json").exists():
         return {"reused": True}
-    start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = cfg or shipped_config(MODEL_ID)
-    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    head_dim = h // cfg["num_attention_heads"]
-    kv = cfg["num_key_value_heads"] * head_dim
-    group = cfg["quantization_config"]["group_size"]
-    torch.manual_seed(0)
-
-    def tensors():
-        yield {"model.embed_tokens.weight": _normal((cfg["vocab_size"], h))}
-        for i in range(layers):
-            p = f"model.layers.{i}"
-            t = {f"{p}.input_layernorm.weight": torch.ones(h, dtype=torch.float16),
-                 f"{p}.post_attention_layernorm.weight": torch.ones(h, dtype=torch.float16)}
-            for name, n_in, n_out, bias in (("self_attn.q_proj", h, h, True), ("self_attn.k_proj", h, kv, True),
-                                            ("self_attn.v_proj", h, kv, True), ("self_attn.o_proj", h, h, False),
-                                            ("mlp.gate_proj", h, inter, False), ("mlp.up_proj", h, inter, False),
-                                            ("mlp.down_proj", inter, h, False)):
-                t.update(_quant_linear(f"{p}.{name}", n_in, n_out, group, bias))
-            yield t
-        yield {"model.norm.weight": torch.ones(h, dtype=torch.float16), "lm_head.weight": _normal((cfg["vocab_size"], h))}
-
-    weight_map, total, shard, shard_size, futures, names = {}, 0, {}, 0, [], []
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
-
-    def flush():
-        nonlocal shard, shard_size
-        if shard:
-            name = f"model-{len(names) + 1:05d}.safetensors"
-            names.append(name)
-            for k in shard:
-                weight_map[k] = name
-            futures.append(pool.submit(save_file, shard, str(out / name), {"format": "pt"}))
-            while sum(not f.done() for f in futures) > 4:  # bound host memory
-                time.sleep(0.05)
-        shard, shard_size = {}, 0
-
-    for block in tensors():
-        size = sum(v.numel() * v.element_size() for v in block.values())
-        if shard_size and shard_size + size > shard_bytes:
-            flush()
-        shard.update(block)
-        shard_size += size
-        total += size
-    flush()
-    for f in futures:
-        f.result()
-    pool.shutdown()
-    n = len(names)
-    final_map = {}
-    for i, name in enumerate(names):  # rename to the usual -0000i-of-0000n form
-        new = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        (out / name).rename(out / new)
-        final_map[name] = new
-    index = {"metadata": {"total_size": total}, "weight_map": {k: final_map[v] for k, v in weight_map.items()}}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    config = {**cfg, "transformers_version": "4.40.0.dev0"}
+    result = write_folder(MODEL_ID, out)
     if backend:  # a loading attribute of transformers' GPTQConfig, passed on to optimum/gptqmodel's kernel selection
-        config["quantization_config"] = {**config["quantization_config"], "backend": backend}
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    tokenizer = build_qwen2_tokenizer()
-    tokenizer.save_pretrained(out)
-    qwen2_generation_config(tokenizer).save_pretrained(out)
-    return {"reused": False, "checkpoint_bytes": total, "shards": n, "write_s": round(time.perf_counter() - start, 1)}
+        config = json.loads((out / "config.json").read_text())
+        config["quantization_config"]["backend"] = backend
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+    return {"reused": False, "checkpoint_bytes": result["bytes"], "shards": len(result["files"]),
+            "write_s": result["seconds"]}
 
 
 def prebuild_marlin(name: str = "marlin") -> dict:

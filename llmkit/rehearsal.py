@@ -31,11 +31,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from llmkit.errors import BadInput, LlmkitError
 from llmkit.hub import hf_cache_dir
 from llmkit.memory import shipped_config
+
+if TYPE_CHECKING:
+    import torch
 
 MARKER = "llmkit_rehearsal.json"
 PLACES = ("hf", "modelscope", "model-dir")
@@ -123,10 +126,10 @@ def write(model_id: str, place: str = "hf", device: str = "cuda", overrides: dic
     """
     import torch
 
-    name, layout = _layout(model_id)
+    name, _ = _layout(model_id)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise NoGPU("a rehearsal checkpoint is written on the GPU it is for, and torch sees no CUDA GPU here: "
-                    "run it on the GPU machine (llmkit rehearse needs nvidia-smi to list a GPU)")
+                    "run llmkit rehearse on the GPU machine")
     folder = destination(name, place)
     if folder.exists() and any(folder.iterdir()):
         if not is_rehearsal(folder):
@@ -134,18 +137,9 @@ def write(model_id: str, place: str = "hf", device: str = "cuda", overrides: dic
                            "Move it away first if you really want random weights there")
         if not overwrite:
             return {"model": name, "path": str(folder), "reused": True, **json.loads((folder / MARKER).read_text())}
-    started = time.perf_counter()
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    config = {**shipped_config(name), **_published_extras(layout), **(overrides or {})}
-    files, total = _write_weights(staging, config, layout, device)
-    (staging / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    tokenizer, generation = _tokenizer_and_generation(layout.family)
-    tokenizer.save_pretrained(staging)
-    generation.save_pretrained(staging)
-    info = {"model": name, "random_weights": True, "weights": layout.weights, "files": files, "bytes": total,
-            "seconds": round(time.perf_counter() - started, 1), "device": device}
+    info = {"model": name, "random_weights": True, **write_folder(name, staging, device, overrides)}
     (staging / MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(staging, folder)
@@ -154,6 +148,27 @@ def write(model_id: str, place: str = "hf", device: str = "cuda", overrides: dic
         refs.mkdir(exist_ok=True)
         (refs / "main").write_text(folder.name)
     return {**info, "path": str(folder), "reused": False}
+
+
+def write_folder(model_id: str, folder: Path, device: str = "cuda", overrides: dict | None = None) -> dict:
+    """Write the checkpoint files of ``model_id`` into ``folder`` (created): weights in the published layout,
+    config.json, tokenizer and generation config. ``write`` puts them where a download lands; benchmarks call this
+    directly for a folder of their own. Returns the weight format, files, bytes, seconds and device.
+
+    >>> write_folder("Qwen/Qwen2-7B-Instruct", Path("/tmp/q7"))  # doctest: +SKIP
+    {'weights': 'safetensors', 'files': ['model-00001-of-00004.safetensors', ...], 'bytes': 15231233024, ...}
+    """
+    name, layout = _layout(model_id)
+    started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {**shipped_config(name), **_published_extras(layout), **(overrides or {})}
+    files, total = _write_weights(folder, config, layout, device)
+    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    tokenizer, generation = _tokenizer_and_generation(layout.family)
+    tokenizer.save_pretrained(folder)
+    generation.save_pretrained(folder)
+    return {"weights": layout.weights, "files": files, "bytes": total,
+            "seconds": round(time.perf_counter() - started, 1), "device": device}
 
 
 def remove(model_id: str, place: str = "hf") -> bool:
