@@ -44,3 +44,22 @@ def test_kernel_is_the_one_setup_registers(path):
     display = re.search(r'--display-name "([^"]+)"', setup).group(1)
     kernelspec = nbformat.read(path, as_version=4).metadata.kernelspec
     assert (kernelspec.name, kernelspec.display_name) == (name, display)
+
+
+def test_a_kernel_that_dies_fails_its_cell_at_once_with_the_reason(tmp_path):
+    """A crash in native code (the AMX segfault in llama.cpp) used to wait out the 900 s cell timeout."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    shutil.copy(NOTEBOOKS[0].parent / "conftest.py", tmp_path / "conftest.py")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)"),
+                nbformat.v4.new_code_cell("print('never runs')")]
+    nbformat.write(nb, tmp_path / "crash.ipynb")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "-p", "no:cacheprovider", "crash.ipynb"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and time.monotonic() - started < 120
+    assert "the notebook's kernel died while running this cell (killed by SIGSEGV)" in done.stdout
