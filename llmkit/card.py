@@ -21,7 +21,10 @@ True
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from llmkit.errors import BadInput
@@ -76,8 +79,9 @@ def allocator_fraction(card: float, real_total_bytes: int) -> float:
 
 
 def apply() -> float | None:
-    """Cap PyTorch's allocator on every visible GPU at the emulated card size; returns the size, or None when
-    ``LLMKIT_CARD_GB`` is unset or there is no GPU. Safe to call again (the cap is simply set again).
+    """Emulate the ``LLMKIT_CARD_GB`` card in this process and in Python processes started from it; returns the
+    size, or None when it is unset. Where torch is already imported the cap is set now (if there is a GPU); otherwise
+    when torch is first imported, so a process that never uses torch (llama.cpp's) does not load it. Safe to call again.
 
     >>> os.environ.pop(CARD_ENV, None); apply() is None
     True
@@ -85,10 +89,51 @@ def apply() -> float | None:
     card = card_gib()
     if card is None:
         return None
-    import torch
+    os.environ["PYTHONPATH"] = child_env()["PYTHONPATH"]  # Python processes started from here are capped too
+    if "torch" in sys.modules:
+        _cap(sys.modules["torch"])
+    else:
+        install_import_hook()
+    return card
 
-    if not torch.cuda.is_available():
-        return None
+
+def install_import_hook() -> None:
+    """Cap the allocator as soon as torch is imported and CUDA starts (``torch.cuda._lazy_call``); what the
+    ``sitecustomize`` on ``child_env()``'s ``PYTHONPATH`` calls in every Python process.
+
+    >>> install_import_hook(); install_import_hook(); sum(isinstance(f, _CapWhenTorchLoads) for f in sys.meta_path) <= 1
+    True
+    """
+    if "torch" in sys.modules:
+        _cap(sys.modules["torch"])
+    elif not any(isinstance(finder, _CapWhenTorchLoads) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _CapWhenTorchLoads())
+
+
+class _CapWhenTorchLoads(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: when torch is imported, runs torch's own loader, then queues the cap for CUDA's start."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("torch")
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def exec_and_queue(module):
+                exec_module(module)
+                module.cuda._lazy_call(lambda: _cap(module))  # runs once CUDA is initialised, or now if it is
+
+            spec.loader.exec_module = exec_and_queue
+        return spec
+
+
+def _cap(torch) -> None:
+    """Cap the allocator of every visible GPU and make ``torch.cuda.mem_get_info`` report the emulated card."""
+    card = card_gib()
+    if card is None or not torch.cuda.is_available():
+        return
     for index in range(torch.cuda.device_count()):
         total = torch.cuda.get_device_properties(index).total_memory
         torch.cuda.set_per_process_memory_fraction(allocator_fraction(card, total), index)
@@ -99,8 +144,6 @@ def apply() -> float | None:
         return emulate(*real(device), card_gib())
 
     torch.cuda.mem_get_info = torch.cuda.memory.mem_get_info = emulated_mem_get_info
-    os.environ["PYTHONPATH"] = child_env()["PYTHONPATH"]  # Python processes started from here are capped too
-    return card
 
 
 def emulate(free_bytes: int, total_bytes: int, card: float | None = None) -> tuple[int, int]:
