@@ -153,21 +153,31 @@ def check_driver_and_torch(facts: dict) -> list[Row]:
 
 
 def check_toolkit(facts: dict) -> list[Row]:
-    """nvcc (only needed to compile extensions), cuDNN, bf16 and attention backends.
+    """nvcc (gptqmodel compiles its GPTQ GPU kernels with it on first use), cuDNN, bf16 and attention backends.
 
     >>> check_toolkit({"nvcc": "11.8", "torch": {"cuda_build": "13.0"}})[0].status
     'WARN'
+    >>> check_toolkit({"nvcc": None, "torch": {"cuda_build": None}})[0].fix
+    'not needed with a CPU build of torch'
     """
     torch = facts.get("torch") if isinstance(facts.get("torch"), dict) else {}
     nvcc, build = facts.get("nvcc"), torch.get("cuda_build")
+    why = ("gptqmodel compiles its GPTQ GPU kernels (Marlin) with nvcc the first time a GPTQ model loads on a GPU; "
+           "without a working one GPTQ models run on a slow fallback kernel")
     rows = []
-    if not _collected(nvcc):
-        rows.append(Row("nvcc", "not found", OK, "not needed: every course package ships prebuilt (except llama-cpp-python with CUDA)"))
+    if not _collected(nvcc) and not build:
+        rows.append(Row("nvcc", "not found", OK, "not needed with a CPU build of torch"))
+    elif not _collected(nvcc) and str(facts.get("gptq_gpu_kernel")).startswith("OK"):
+        rows.append(Row("nvcc", "not found", OK, "the GPTQ GPU kernels are already built on this machine"))
+    elif not _collected(nvcc):
+        rows.append(Row("nvcc", "not found", WARN, f"{why}: install the CUDA {build} toolkit's nvcc and set CUDA_HOME "
+                                                   "to it (llama-cpp-python's CUDA build needs it too)"))
     elif build and _version_tuple(nvcc)[0] != _version_tuple(build)[0]:
-        rows.append(Row("nvcc", nvcc, WARN, f"nvcc {nvcc} vs torch CUDA {build}: compiling CUDA extensions will fail; "
-                                              f"install CUDA toolkit {build} or ignore if you compile nothing"))
+        rows.append(Row("nvcc", nvcc, WARN, f"nvcc {nvcc} vs torch CUDA {build}: {why}, and this nvcc cannot build "
+                                              f"them for torch's CUDA; install the CUDA {build} toolkit's nvcc"))
     else:
-        rows.append(Row("nvcc", nvcc, OK))
+        rows.append(Row("nvcc", nvcc, OK, f"matches torch's CUDA {build}: GPTQ kernels compile on first use (minutes)"
+                        if build else ""))
     if torch.get("cuda_available"):
         rows.append(Row("cuDNN", str(torch.get("cudnn")), OK))
         bf16 = bool(torch.get("bf16"))

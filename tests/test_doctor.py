@@ -59,6 +59,12 @@ def test_no_gpu_warns_by_default_and_fails_when_required():
     assert gpu_row.status == FAIL and "nvidia-smi" in gpu_row.fix
 
 
+def test_missing_nvcc_warns_while_the_gptq_kernels_are_not_built():
+    missing = row(run_checks(gpu_facts(gptq_gpu_kernel="could not collect")), "nvcc")
+    assert missing.status == WARN and "GPTQ GPU kernels (Marlin)" in missing.fix and "CUDA 13.0" in missing.fix
+    assert row(run_checks(gpu_facts()), "nvcc").status == OK   # kernels already built: nvcc no longer needed
+
+
 def test_nvcc_major_mismatch_warns():
     assert row(run_checks(gpu_facts(nvcc="11.8")), "nvcc").status == WARN
     assert row(run_checks(gpu_facts(nvcc="13.0")), "nvcc").status == OK
