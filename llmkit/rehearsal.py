@@ -16,7 +16,8 @@ checkpoint where a learner's download would land, with the published ``config.js
 Memory, speed, shapes and failure modes are those of the real model; the text is noise, so lessons assert what
 holds for any model. Each folder carries ``llmkit_rehearsal.json``; ``remove`` deletes only such folders and
 ``write`` never replaces a folder without it (a real download stays untouched). Random values are drawn on
-the GPU (``device="cuda"``): Qwen2-7B takes about 20 s, the 72B GPTQ checkpoint (41.6 GB) about 40 s.
+the GPU (``device="cuda"``): ``llmkit rehearse Qwen/Qwen2-7B-Instruct`` took 37 s on an H200, tokenizer included
+(benchmarks/GPU_NOTES.md).
 
 >>> sorted(REHEARSAL_MODELS)[0]
 'Qwen/Qwen1.5-7B-Chat-GPTQ-Int4'
