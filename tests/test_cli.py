@@ -175,3 +175,22 @@ def test_every_error_is_one_line_with_its_documented_exit_code(raised, code, lin
         err = capsys.readouterr().err
         assert err.strip().splitlines()[-1] == line
         assert ("Traceback" in err) == (bool(debug) and code != 130), "a traceback only with --debug"
+
+
+def test_repetition_penalty_option_reaches_the_session(monkeypatch, capsys):
+    seen = {}
+
+    class Session:
+        def __init__(self, model, tokenizer, **kwargs):
+            seen.update(kwargs)
+
+        def ask(self, text, on_token=None):
+            return "ok"
+
+    monkeypatch.setattr("llmkit.loading.load", lambda ref, **kwargs: (None, None))
+    monkeypatch.setattr("llmkit.session.ChatSession", Session)
+    assert cli_main(["chat", "-p", "hi", "--greedy", "--repetition-penalty", "1.0", "--json"]) == 0
+    assert seen["do_sample"] is False and seen["repetition_penalty"] == 1.0
+    seen.clear()
+    assert cli_main(["chat", "-p", "hi", "--json"]) == 0
+    assert "repetition_penalty" not in seen and "do_sample" not in seen

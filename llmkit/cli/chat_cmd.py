@@ -27,6 +27,8 @@ def register(sub) -> None:
     parser.add_argument("--system", help="system prompt (default: the model's chat template default)")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="longest reply in tokens (default: 512)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling settings")
+    parser.add_argument("--repetition-penalty", type=float,
+                        help="1.0 turns it off (default: the model's generation_config, 1.05 for Qwen2-Instruct)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="dtype to load with (default auto: bf16 on GPUs that have it, else fp16; on CPU the "
                              "checkpoint's own)")
@@ -46,7 +48,8 @@ def run(args) -> tuple[dict, int]:
                                  hint='Name a model for a real answer, e.g. llmkit chat Qwen/Qwen2-7B-Instruct -p "你好".')
     model, tokenizer = load(model_ref, dtype=args.dtype, allow_pickle=args.allow_pickle)
     session = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
-                          **({"do_sample": False} if args.greedy else {}))
+                          **({"do_sample": False} if args.greedy else {}),
+                          **({} if args.repetition_penalty is None else {"repetition_penalty": args.repetition_penalty}))
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # a cut message warns on every turn, not only the first
         warnings.showwarning = print_warning
