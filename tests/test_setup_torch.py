@@ -1,0 +1,67 @@
+"""setup.sh's torch choice from the NVIDIA driver (``bash setup.sh --torch-plan``), without a GPU.
+
+uv's own ``UV_CUDA_DRIVER_VERSION`` stands in for the driver. PyTorch's indexes are not reachable from every
+machine, so the build uv chose is read from its dry run ("torch==2.13.0+cu129") or, offline, from the first
+index it tried ("Failed to fetch: https://download.pytorch.org/whl/cu129/torch/").
+"""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def torch_plan(driver: str, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "UV_HTTP_RETRIES": "0", "PIP_RETRIES": "0", "PIP_TIMEOUT": "3",
+                   "UV_CUDA_DRIVER_VERSION": driver, **env}
+    if "TORCH_INDEX_URL" not in env:
+        environment.pop("TORCH_INDEX_URL", None)
+    return subprocess.run(["bash", "setup.sh", "--torch-plan"], cwd=ROOT, capture_output=True, text=True,
+                          env=environment, timeout=300)
+
+
+def chosen_cuda(result: subprocess.CompletedProcess) -> str:
+    output = result.stdout + result.stderr
+    found = (re.search(r"torch==[\d.]+\+cu(\d+)", output)
+             or re.search(r"download\.pytorch\.org/whl/cu(\d+)/", output))
+    assert found, output
+    return found.group(1)
+
+
+@pytest.mark.parametrize("driver, cuda_major", [
+    ("525.147.05", "12"), ("535.104.05", "12"), ("550.54.15", "12"), ("570.86.10", "12"), ("580.65.06", "13"),
+])
+def test_driver_picks_the_newest_cuda_build_it_runs(driver, cuda_major):
+    result = torch_plan(driver)
+    assert f"NVIDIA driver {driver}, so uv --torch-backend=auto" in result.stdout
+    cuda = chosen_cuda(result)
+    assert cuda.startswith(cuda_major) and int(cuda) >= 126, cuda  # torch 2.13's oldest CUDA build is cu126
+
+
+def test_driver_too_old_for_every_cuda_build_is_one_clear_line_and_exit_4():
+    result = torch_plan("450.80.02")
+    assert result.returncode == 4
+    assert result.stderr.strip().splitlines() == [
+        "setup.sh: NVIDIA driver 450.80.02 is older than 525.60.13, the oldest that runs a CUDA build of "
+        "torch==2.13.0: update the driver, or install the CPU build with "
+        "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"]
+
+
+@pytest.mark.skipif(Path("/proc/driver/nvidia/version").exists(), reason="this machine has an NVIDIA driver")
+def test_no_driver_means_pypi():
+    result = torch_plan("")
+    assert result.returncode == 0, result.stderr
+    assert "no NVIDIA driver found, so torch==2.13.0 from PyPI" in result.stdout
+
+
+def test_an_index_that_does_not_serve_torch_is_one_clear_line_and_exit_4():
+    # no pip.conf and no find-links: only the given index may serve torch
+    result = torch_plan("", TORCH_INDEX_URL="http://127.0.0.1:9/simple", PIP_CONFIG_FILE=os.devnull, PIP_FIND_LINKS="")
+    assert result.returncode == 4
+    assert result.stderr.strip().splitlines()[-1] == (
+        "setup.sh: TORCH_INDEX_URL=http://127.0.0.1:9/simple did not serve torch==2.13.0; use one of PyTorch's "
+        "indexes, e.g. https://download.pytorch.org/whl/cu126")
