@@ -30,11 +30,9 @@ import torch
 from transformers import ContinuousBatchingConfig
 from transformers.generation.streamers import BaseStreamer
 
-from llmkit.bench_result import BenchResult, result, timed_runs  # noqa: F401  (BenchResult: public here too)
+from llmkit.bench_result import ALL_BACKENDS, BACKENDS, BenchResult, result, timed_runs  # noqa: F401  (public here too)
 from llmkit.fastdecode import GraphDecoder
 
-BACKENDS = ("hf", "hf-static", "hf-cb", "hf-graph", "hf-graph-compile")
-ALL_BACKENDS = ("hf-fast", *BACKENDS)
 GIB = 2**30
 # Plain greedy decoding for every backend: eos -1 never stops early (fixed output length); no repetition
 # penalty (a Qwen generation_config sets 1.05, which continuous batching does not support and would drop).

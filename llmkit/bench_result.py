@@ -8,6 +8,9 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+BACKENDS = ("hf", "hf-static", "hf-cb", "hf-graph", "hf-graph-compile")  # transformers ways of generating
+ALL_BACKENDS = ("hf-fast", *BACKENDS)  # hf-fast: the fastest of them (GraphDecoder + torch.compile)
+
 
 @dataclass
 class BenchResult:

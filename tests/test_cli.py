@@ -194,3 +194,11 @@ def test_repetition_penalty_option_reaches_the_session(monkeypatch, capsys):
     seen.clear()
     assert cli_main(["chat", "-p", "hi", "--json"]) == 0
     assert "repetition_penalty" not in seen and "do_sample" not in seen
+
+
+def test_the_cli_starts_without_torch_or_transformers():
+    # `llmkit --help` and every command's parser: each command imports its heavy libraries only when it runs
+    code = "import sys, llmkit.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -9,8 +9,8 @@ import json
 import platform
 from pathlib import Path
 
-from llmkit.bench import ALL_BACKENDS
 from llmkit.bench_engines import ENGINE_BACKENDS, require_engine
+from llmkit.bench_result import ALL_BACKENDS
 from llmkit.cli.table import print_table
 from llmkit.errors import BadInput
 from llmkit.pick import model_or_default
