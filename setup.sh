@@ -14,6 +14,10 @@ uv_spec="$(grep '^uv==' requirements.txt)"
 # compatibility table). uv's list goes further back and would fall through to a CPU build: stop first, and say so.
 oldest_cuda_driver=525.60.13
 
+stage() {  # one progress line with the time since setup started
+  printf 'setup.sh [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
+}
+
 nvidia_driver() {
   # The NVIDIA driver version (e.g. 550.144.03), read where uv reads it; empty without a driver.
   # UV_CUDA_DRIVER_VERSION (uv's own setting) overrides the machine, for both uv and this script.
@@ -92,7 +96,7 @@ llama_cpp_spec="$(grep '^llama-cpp-python==' requirements.txt)"
 llama_cpp_flags="-DGGML_NATIVE=OFF${CMAKE_ARGS:+ $CMAKE_ARGS}"
 llama_cpp_stamp=.venv/.llama-cpp-build
 if [ "$(cat "$llama_cpp_stamp" 2>/dev/null)" != "$llama_cpp_spec $llama_cpp_flags" ]; then
-  echo "setup.sh: compiling $llama_cpp_spec with CMAKE_ARGS='$llama_cpp_flags' (about 8 minutes on 2 cores)"
+  stage "compiling $llama_cpp_spec with CMAKE_ARGS='$llama_cpp_flags' (about 8 minutes on 2 cores, no output meanwhile)"
   CMAKE_ARGS="$llama_cpp_flags" .venv/bin/pip install --progress-bar off --no-cache-dir --no-deps --force-reinstall \
     "$llama_cpp_spec"
   echo "$llama_cpp_spec $llama_cpp_flags" > "$llama_cpp_stamp"
@@ -101,7 +105,9 @@ fi
 stamp=.venv/.llmkit-installed
 wanted="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1) ${TORCH_INDEX_URL:-} $(nvidia_driver)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  stage "installing torch"
   install_torch
+  stage "installing requirements.txt and llmkit (about 2 minutes)"
   .venv/bin/pip install --progress-bar off -r requirements.txt -e .
   echo "$wanted" > "$stamp"
 fi
@@ -112,6 +118,7 @@ fi
 llama_cpp_version="$(sed -n 's/^llama-cpp-python==//p' requirements.txt)"
 converter=.venv/share/llama.cpp
 if [ "$(cat "$converter/VERSION" 2>/dev/null)" != "$llama_cpp_version" ]; then
+  stage "unpacking llama.cpp's GGUF converter"
   tmp="$(mktemp -d)"
   .venv/bin/pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$llama_cpp_version" -d "$tmp"
   tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp" --wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' \
@@ -122,4 +129,4 @@ if [ "$(cat "$converter/VERSION" 2>/dev/null)" != "$llama_cpp_version" ]; then
   rm -rf "$tmp"
 fi
 .venv/bin/python -m ipykernel install --user --name llmkit --display-name "Python (llmkit)" >/dev/null
-echo "setup.sh: .venv ready (kernel 'llmkit' registered, llama.cpp converter in $converter)"
+stage ".venv ready (kernel 'llmkit' registered, llama.cpp converter in $converter)"
