@@ -18,7 +18,11 @@ TORCH_INDEX = "https://download.pytorch.org/whl"
 TORCH_CUDA_BUILDS = ["12.6", "12.8", "13.0"]
 # Last torch release with a CUDA 11.8 build, for drivers older than CUDA 12.
 LAST_CU118_TORCH = "2.7.1"
-QWEN2_7B_BF16_GB = 15.2  # checkpoint size of Qwen2-7B-Instruct in bf16
+# what the notebooks download in real mode (02/05-09, 03, 03 on a smaller card, 04)
+COURSE_MODELS = ("Qwen/Qwen2-7B-Instruct", "Qwen/Qwen2-72B-Instruct-GPTQ-Int4", "Qwen/Qwen1.5-7B-Chat-GPTQ-Int4",
+                 "xverse/XVERSE-7B-Chat")
+DATA_DISK_FIX = ("put models on a data disk: export LLMKIT_MODEL_DIR=/root/autodl-tmp/models "
+                 "HF_HOME=/root/autodl-tmp/hf (AutoDL), or a SCOW shared folder")
 
 
 @dataclass
@@ -228,6 +232,33 @@ def check_packages(facts: dict) -> list[Row]:
     return rows
 
 
+def course_downloads_gb() -> dict[str, float]:
+    """GB of weights each course model downloads, from llmkit's estimates of the published configs.
+
+    >>> sizes = course_downloads_gb(); sizes["Qwen/Qwen2-7B-Instruct"], round(sum(sizes.values()), 1)
+    (15.2, 77.3)
+    """
+    from llmkit.pick import download_size_gb
+
+    return {model: round(download_size_gb(model), 1) for model in COURSE_MODELS}
+
+
+def check_disk(free_gib: float, path: str) -> Row:
+    """Free space where models go against the course's downloads: OK when all fit, else WARN naming what does not.
+
+    >>> check_disk(30.0, "/root/.cache").value
+    '30.0 GiB free at /root/.cache; the course downloads 77.3 GB, Qwen/Qwen2-72B-Instruct-GPTQ-Int4 (41.6 GB) does not fit'
+    """
+    sizes = course_downloads_gb()
+    total, free_gb = round(sum(sizes.values()), 1), free_gib * 2**30 / 1e9
+    value = f"{free_gib} GiB free at {path}; the course downloads {total} GB"
+    if free_gb >= total:
+        return Row("disk (models)", value, OK)
+    too_big = [f"{model} ({gb} GB)" for model, gb in sizes.items() if gb > free_gb]
+    value += (", " + ", ".join(too_big) + (" does" if len(too_big) == 1 else " do") + " not fit") if too_big else ""
+    return Row("disk (models)", value, WARN, f"not all of it at once: {DATA_DISK_FIX}")
+
+
 def check_resources(facts: dict) -> list[Row]:
     """Free disk where models go, RAM, and the hub settings (tokens only as "set (hidden)").
 
@@ -237,9 +268,7 @@ def check_resources(facts: dict) -> list[Row]:
     rows = []
     disk = facts.get("disk")
     if isinstance(disk, dict):
-        enough = disk["free_gib"] >= QWEN2_7B_BF16_GB + 1
-        rows.append(Row("disk (models)", f"{disk['free_gib']} GiB free at {disk['path']}", OK if enough else WARN,
-                        "" if enough else f"Qwen2-7B-Instruct needs {QWEN2_7B_BF16_GB} GB: free space or set LLMKIT_MODEL_DIR/HF_HOME to a bigger disk"))
+        rows.append(check_disk(disk["free_gib"], disk["path"]))
     ram = facts.get("ram")
     if isinstance(ram, dict):
         rows.append(Row("RAM", f"{ram['total_gib']} GiB", OK if ram["total_gib"] >= 16 else WARN,

@@ -144,3 +144,24 @@ def test_cli_table_never_prints_tokens(monkeypatch, capsys):
     assert main(["doctor"]) in (0, 1)
     out = capsys.readouterr().out
     assert "llmkit doctor" in out and "hf_ANOTHER_SECRET" not in out
+
+
+def test_disk_row_compares_free_space_with_the_course_downloads():
+    from llmkit.doctor import check_disk
+
+    assert check_disk(200.0, "/data").status == OK
+    small = check_disk(10.0, "/root")
+    assert small.status == WARN and "LLMKIT_MODEL_DIR=/root/autodl-tmp/models" in small.fix
+    assert "Qwen/Qwen2-72B-Instruct-GPTQ-Int4 (41.6 GB)" in small.value and "Qwen1.5-7B-Chat" not in small.value
+
+
+def test_readme_states_the_course_downloads_as_estimated():
+    from pathlib import Path
+
+    from llmkit.doctor import course_downloads_gb
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sizes = course_downloads_gb()
+    assert f"download {round(sum(sizes.values()), 1)} GB of weights" in readme
+    assert f"共要下载 {round(sum(sizes.values()), 1)} GB 权重" in readme
+    assert all(f"{model.split('/')[1]} {gb}" in readme for model, gb in sizes.items())
