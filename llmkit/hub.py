@@ -64,11 +64,18 @@ class ModelNotFound(LookupError):
     ('llmkit download Org/Nmae', ['Org/Name'], True)
     >>> error.hint
     'did you mean Org/Name? If not, download it with: llmkit download Org/Nmae'
+
+    With ``typo_of`` (a course model the name is a typo of) the download command is for that model, not the typo:
+
+    >>> ModelNotFound("Qwen/Qwen2-7B-Instuct", [], typo_of="Qwen/Qwen2-7B-Instruct").hint
+    'did you mean Qwen/Qwen2-7B-Instruct? download it with: llmkit download Qwen/Qwen2-7B-Instruct'
     """
 
-    def __init__(self, model: str, searched: list[str], suggestions: list[str] | None = None):
-        self.model, self.searched, self.suggestions = model, searched, list(suggestions or [])
-        self.commands = _download_commands(model)
+    def __init__(self, model: str, searched: list[str], suggestions: list[str] | None = None,
+                 typo_of: str | None = None):
+        self.model, self.searched, self.typo_of = model, searched, typo_of
+        self.suggestions = list(dict.fromkeys([typo_of] if typo_of else []) | dict.fromkeys(suggestions or []))
+        self.commands = _download_commands(typo_of or model)
         places = "".join(f"\n  - {place}" for place in searched)
         did = f"; did you mean {' or '.join(self.suggestions)}?" if self.suggestions else "."
         how = "\nDownload it with one of: " + " | ".join(self.commands) if self.commands else ""
@@ -80,7 +87,7 @@ class ModelNotFound(LookupError):
         how = f"download it with: {self.commands[0]}" if self.commands else "check the path"
         if not self.suggestions:
             return how
-        return f"did you mean {' or '.join(self.suggestions)}? If not, {how}"
+        return f"did you mean {' or '.join(self.suggestions)}? {how if self.typo_of else 'If not, ' + how}"
 
 
 class DownloadFailed(LlmkitError, RuntimeError):
@@ -187,7 +194,11 @@ def locate(model_id_or_path: str | os.PathLike) -> Located:
             first_found = first_found or found
     if first_found:
         return first_found
-    raise ModelNotFound(text, searched, _close_matches(text, set().union(*map(_ids_on_disk, roots))))
+    from llmkit.memory import shipped_models
+
+    course = [] if text in shipped_models() else _close_matches(text, set(shipped_models()))
+    raise ModelNotFound(text, searched, _close_matches(text, set().union(*map(_ids_on_disk, roots))),
+                        typo_of=course[0] if course else None)
 
 
 def _search_places() -> list[tuple[str, Path | None]]:

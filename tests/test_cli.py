@@ -202,3 +202,14 @@ def test_the_cli_starts_without_torch_or_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_typo_of_a_course_model_suggests_the_course_model_not_downloading_the_typo(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "llmkit.cli", "chat", "Qwen/Qwen2-7B-Instuct", "-p", "hi"],
+                            capture_output=True, text=True, cwd=tmp_path,
+                            env={**__import__("os").environ, "LLMKIT_STANDIN": "", "HOME": str(tmp_path),
+                                 "HF_HUB_CACHE": str(tmp_path / "hf"), "MODELSCOPE_CACHE": str(tmp_path / "ms")})
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        "llmkit: error: model 'Qwen/Qwen2-7B-Instuct' is not on this machine; did you mean Qwen/Qwen2-7B-Instruct? "
+        "download it with: llmkit download Qwen/Qwen2-7B-Instruct"]
