@@ -9,6 +9,10 @@ from llmkit.hub import download, locate, pin_hf_home
 
 pin_hf_home()  # before anything imports gptqmodel, whose tokenicer would move the Hugging Face cache to /tmp
 
+from llmkit.env import quiet_torchao_on_cpu_torch  # noqa: E402
+
+quiet_torchao_on_cpu_torch()
+
 from llmkit.doctor import doctor  # noqa: E402  (after pin_hf_home)
 from llmkit.memory import estimate  # noqa: E402
 from llmkit.pick import pick_model, standin_mode  # noqa: E402

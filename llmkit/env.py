@@ -250,3 +250,22 @@ def collect_facts() -> dict:
         "ram": ram(),
         "settings": settings(),
     }
+
+
+def quiet_torchao_on_cpu_torch() -> bool:
+    """On a CPU-only torch build, show only torchao's errors: importing it (transformers does, for every model)
+    logs "Failed to load ..._C_mxfp8...so" for each of its CUDA kernels, which cannot load there and are not
+    needed. Reads torch's version from package metadata (no torch import); True when it quieted torchao.
+
+    >>> isinstance(quiet_torchao_on_cpu_torch(), bool)
+    True
+    """
+    import logging
+
+    try:
+        cpu_only = "+cpu" in importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    if cpu_only:
+        logging.getLogger("torchao").setLevel(logging.ERROR)
+    return cpu_only
