@@ -4,8 +4,9 @@ The real model ids resolve to full-shape random-weight checkpoints (``llmkit reh
 ``LLMKIT_CARD_GB`` makes the GPU behave as a 24 / 40 / 80 GB card (``llmkit.card``). Each notebook is executed
 top to bottom with nbclient (the engine nbval drives): a cell fails exactly when nbval would fail it (it raised).
 Recorded per notebook: cells passed / failed (with the error) / skipped by the notebook (cells that print a line
-starting with ``[skipped]``, with that line), peak GPU memory of all processes (nvidia-smi every 0.25 s), disk
-written, wall time; the executed notebooks are kept (``--keep``) for reading.
+starting with ``[skipped]``, with that line), peak GPU memory of all processes (nvidia-smi every 0.25 s, with the
+per-process lines at the peak; ``over_card`` when the peak is over the emulated card, which makes the run invalid
+for that size), disk written, wall time; the executed notebooks are kept (``--keep``) for reading.
 
     python benchmarks/realmode_gpu.py --cards 24 80 --notebooks 00 02 05 --out $OUT
 """
@@ -32,17 +33,23 @@ SKIP_MARK = "[skipped]"
 
 
 class PeakGpuMemory:
-    """Polls nvidia-smi's memory.used (all processes, all GPUs summed) in a thread; ``peak_gib`` after ``stop``."""
+    """Polls nvidia-smi's memory.used (all processes, all GPUs summed) in a thread; ``peak_gib`` after ``stop``, and
+    ``peak_processes``: nvidia-smi's per-process lines (pid, name, MiB) at the peak, to tell which process it was."""
 
     def __init__(self, every_s: float = 0.25):
-        self.every_s, self.peak_mib, self._stop = every_s, 0, threading.Event()
+        self.every_s, self.peak_mib, self.peak_processes, self._stop = every_s, 0, [], threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self):
         while not self._stop.is_set():
             out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                                  capture_output=True, text=True).stdout
-            self.peak_mib = max(self.peak_mib, sum(int(x) for x in out.split() if x.isdigit()))
+            used = sum(int(x) for x in out.split() if x.isdigit())
+            if used > self.peak_mib:
+                self.peak_mib = used
+                self.peak_processes = subprocess.run(
+                    ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader"],
+                    capture_output=True, text=True).stdout.strip().splitlines()
             self._stop.wait(self.every_s)
 
     def __enter__(self):
@@ -100,7 +107,8 @@ def run_notebook(path: Path, card: int, keep: Path, timeout_s: int) -> dict:
     if error:
         report["failures"].append({"cell": None, "error": error})
         report["failed"] += 1
-    return {**report, "peak_gpu_gib": gpu.peak_gib, "card_gb": card,
+    return {**report, "peak_gpu_gib": gpu.peak_gib, "card_gb": card, "over_card": gpu.peak_gib > card,
+            "peak_processes": gpu.peak_processes,
             "disk_written_gib": round((shutil.disk_usage("/").used - disk_before) / 2**30, 2),
             "wall_s": round(wall, 1)}
 
@@ -143,6 +151,8 @@ def _course_map_cell(run: dict | None) -> str:
     if run is None:
         return "not run yet"
     measured = f"peak {run['peak_gpu_gib']} GiB, {run['wall_s']} s"
+    if run["peak_gpu_gib"] > run["card_gb"]:
+        return f"not valid at this size: peak {run['peak_gpu_gib']} GiB is over the card ({run['failed']} cells failed)"
     if run["failed"]:
         return f"{run['failed']} of {run['passed'] + run['failed'] + run['skipped_by_notebook']} cells failed"
     if run["skipped_by_notebook"]:

@@ -36,7 +36,7 @@ def preflight(notebook: str, models: list[str], cards: tuple[int, ...] = CARDS, 
     for card in cards:
         run = _measured(results / f"realmode_h200_{card}gb.json", notebook)
         row = {"card_gb": card, "estimate_gib": round(biggest, 1), "fits_by_estimate": biggest <= card,
-               "status": _status(run), "peak_gib": run and run["peak_gpu_gib"], "wall_s": run and run["wall_s"]}
+               "status": _status(run, card), "peak_gib": run and run["peak_gpu_gib"], "wall_s": run and run["wall_s"]}
         rows.append(row)
         measured = f"peak {row['peak_gib']} GiB, {row['wall_s']} s" if run else f"estimate {row['estimate_gib']} GiB"
         print(f"{card:>3} GB card: {row['status']} ({measured})")
@@ -49,9 +49,11 @@ def _measured(file: Path, notebook: str) -> dict | None:
     return json.loads(file.read_text(encoding="utf-8"))["notebooks"].get(notebook)
 
 
-def _status(run: dict | None) -> str:
+def _status(run: dict | None, card: int) -> str:
     if run is None:
         return "not measured at this size yet"
+    if run["peak_gpu_gib"] > card:
+        return f"not confirmed at this size: the measured run used {run['peak_gpu_gib']} GiB, more than the card has"
     if run["failed"]:
         return f"{run['failed']} cell(s) failed in the last measured run ({run.get('commit')}): " + "; ".join(
             f["error"].split("\n")[0][:80] for f in run["failures"])

@@ -147,6 +147,18 @@ def test_model_option_after_double_dash_is_used(chat_dir, monkeypatch):
     assert ask(at, "Hello") == "Hello! I am the tiny llmkit test model."
 
 
+def test_a_model_found_by_its_id_in_real_mode_shows_no_stand_in_banner(chat_dir, monkeypatch, tmp_path):
+    # real mode: pick_model returns the folder llmkit.locate found for the id (here under LLMKIT_MODEL_DIR)
+    (tmp_path / "Qwen").mkdir()
+    (tmp_path / "Qwen" / "Qwen2-7B-Instruct").symlink_to(chat_dir, target_is_directory=True)
+    monkeypatch.setenv("LLMKIT_STANDIN", "0")
+    monkeypatch.setenv("LLMKIT_MODEL_DIR", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", [chatbot.__file__, "--model", "Qwen/Qwen2-7B-Instruct"])
+    at = open_page(temperature=None)
+    assert not at.warning, at.warning[0].value
+    assert "`Qwen/Qwen2-7B-Instruct`" in at.sidebar.markdown[0].value
+
+
 def test_a_missing_model_is_a_clear_error_in_the_page(monkeypatch, tmp_path):
     monkeypatch.delenv("LLMKIT_STANDIN", raising=False)
     monkeypatch.setattr(sys, "argv", [chatbot.__file__, "--model", str(tmp_path / "no-model")])

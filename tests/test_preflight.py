@@ -34,3 +34,10 @@ def test_a_notebook_that_ran_fully_says_so_and_no_models_is_bad_input(tmp_path):
     assert preflight("02_x", ["Qwen/Qwen2-7B-Instruct"], cards=(24,), results=tmp_path)[0]["status"] == "runs fully"
     with pytest.raises(BadInput, match="name the models"):
         preflight("02_x", [], results=tmp_path)
+
+
+def test_a_run_that_used_more_than_the_card_is_not_a_confirmation(tmp_path):
+    over = {**run(), "peak_gpu_gib": 30.2}
+    (tmp_path / "realmode_h200_24gb.json").write_text(json.dumps({"notebooks": {"08_x": over}}))
+    status = preflight("08_x", ["Qwen/Qwen2-7B-Instruct"], cards=(24,), results=tmp_path)[0]["status"]
+    assert status == "not confirmed at this size: the measured run used 30.2 GiB, more than the card has"

@@ -29,7 +29,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 import llmkit
 from llmkit.errors import LlmkitError
 from llmkit.hub import ModelNotFound, locate
-from llmkit.pick import NoStandInError, banner, pick_model
+from llmkit.pick import NoStandInError, banner, pick_model, standin_mode
 from llmkit.standins import standin_for
 
 DEFAULT_MODEL = "Qwen/Qwen2-7B-Instruct"
@@ -131,7 +131,7 @@ def chat_page(args: argparse.Namespace) -> None:
                  "Fix the problem below, then reload this page.")
         st.code(str(error), language=None)
         st.stop()
-    if path != args.model:
+    if standin_mode():
         st.warning(banner(args.model, standin_for(args.model), path).replace("\n", "  \n"))
     if "chat" not in st.session_state:
         st.session_state.chat = ChatSession(model, tokenizer)
