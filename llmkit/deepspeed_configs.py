@@ -58,7 +58,7 @@ def zero_config(stage: int) -> dict:
 def write_zero_config(stage: int, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``zero_config(stage)`` as JSON to ``path`` (refused if it exists, unless ``overwrite=True``).
 
-    >>> write_zero_config(3, "/tmp/llmkit-ds_z3_config.json", overwrite=True).name
+    >>> write_zero_config(3, "llmkit-ds_z3_config.json", overwrite=True).name
     'llmkit-ds_z3_config.json'
     """
     path = Path(path)

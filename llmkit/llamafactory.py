@@ -135,7 +135,7 @@ def write_configs(s: LoraSettings, folder: str | Path, overwrite: bool = False,
     Existing files are refused unless ``overwrite=True``; each file appears complete or not at all.
     ``deepspeed`` is written into ``train.yaml`` only (see ``train_config``; ``write_multi_gpu_configs`` writes both).
 
-    >>> sorted(write_configs(LoraSettings("m", "d", "o", "e"), "/tmp/lf-configs", overwrite=True))
+    >>> sorted(write_configs(LoraSettings("m", "d", "o", "e"), "lf-configs", overwrite=True))
     ['chat', 'export', 'train']
     """
     import yaml
@@ -158,7 +158,7 @@ def write_multi_gpu_configs(s: LoraSettings, folder: str | Path, zero_stage: int
     Launch it with ``FORCE_TORCHRUN=1 llamafactory-cli train train.yaml`` (``llmkit.slurm`` writes the sbatch job).
     Nothing is written if any of the four files exists, unless ``overwrite=True``.
 
-    >>> paths = write_multi_gpu_configs(LoraSettings("m", "d", "o", "e"), "/tmp/lf-multi", 3, overwrite=True)
+    >>> paths = write_multi_gpu_configs(LoraSettings("m", "d", "o", "e"), "lf-multi", 3, overwrite=True)
     >>> sorted(paths), paths["deepspeed"].name
     (['chat', 'deepspeed', 'export', 'train'], 'ds_z3_config.json')
     """

@@ -73,9 +73,9 @@ def atomic_output(target: str | os.PathLike, overwrite: bool = False, flag: str 
     On any failure the partial output is deleted and ``target`` is as it was (absent, or the old copy);
     a full disk is raised as ``LlmkitError`` saying where, how much is free and what to do.
 
-    >>> with atomic_output("/tmp/llmkit-doc.txt", overwrite=True) as partial:
+    >>> with atomic_output("llmkit-doc.txt", overwrite=True) as partial:
     ...     _ = partial.write_text("complete")
-    >>> Path("/tmp/llmkit-doc.txt").read_text(), partial.exists()
+    >>> Path("llmkit-doc.txt").read_text(), partial.exists()
     ('complete', False)
     """
     target = Path(target)
@@ -97,7 +97,7 @@ def atomic_output(target: str | os.PathLike, overwrite: bool = False, flag: str 
 def write_text(target: str | os.PathLike, text: str, overwrite: bool = False, flag: str = "overwrite=True") -> Path:
     """Write a UTF-8 text file through ``atomic_output``; returns its path.
 
-    >>> write_text("/tmp/llmkit-doc.txt", "hello", overwrite=True).read_text()
+    >>> write_text("llmkit-doc.txt", "hello", overwrite=True).read_text()
     'hello'
     """
     with atomic_output(target, overwrite, flag) as partial:

@@ -75,7 +75,7 @@ def prepare_output_dir(path: str | Path, overwrite: bool = False) -> str | None:
     whose save was interrupted is skipped with a warning; with none complete, training starts afresh). Any other
     non-empty folder (or a file) is refused unless ``overwrite=True``, which deletes it first.
 
-    >>> prepare_output_dir("/tmp/lora-out", overwrite=True) is None
+    >>> prepare_output_dir("lora-out", overwrite=True) is None
     True
     """
     path = Path(path)

@@ -75,7 +75,7 @@ def check_dataset(folder: str | Path, tokenizer=None, cutoff_len: int | None = N
     or non-text fields, empty instructions or answers, and, given a tokenizer and ``cutoff_len``, records
     longer than the cutoff once the chat template is applied (they would be cut mid-answer).
 
-    >>> check_dataset(write_identity_dataset("/tmp/ok-data", "小K", "llmkit", overwrite=True))
+    >>> check_dataset(write_identity_dataset("ok-data", "小K", "llmkit", overwrite=True))
     []
     """
     folder = Path(folder)
@@ -99,7 +99,7 @@ def check_dataset(folder: str | Path, tokenizer=None, cutoff_len: int | None = N
 def check_alpaca_file(path: str | Path, tokenizer=None, cutoff_len: int | None = None) -> list[Problem]:
     """Problems in one alpaca JSON file (see ``check_dataset``).
 
-    >>> check_alpaca_file(write_identity_dataset("/tmp/ok-data", "小K", "llmkit", overwrite=True) / "identity.json")
+    >>> check_alpaca_file(write_identity_dataset("ok-data", "小K", "llmkit", overwrite=True) / "identity.json")
     []
     """
     path = Path(path)
@@ -168,7 +168,7 @@ def alpaca_messages(record: dict) -> list[dict]:
 def load_alpaca(folder: str | Path, name: str = IDENTITY) -> list[dict]:
     """The records of dataset ``name`` in ``folder``, refusing with every problem listed if it is not clean.
 
-    >>> len(load_alpaca(write_identity_dataset("/tmp/ok-data", "小K", "llmkit", overwrite=True)))
+    >>> len(load_alpaca(write_identity_dataset("ok-data", "小K", "llmkit", overwrite=True)))
     44
     """
     problems = check_dataset(folder)

@@ -177,7 +177,7 @@ def inference_script(s: SlurmSettings, command: Sequence[str]) -> str:
 def write_script(text: str, path: str | Path, overwrite: bool = False) -> Path:
     """Save a rendered script (executable) to ``path``; an existing file is refused unless ``overwrite=True``.
 
-    >>> write_script(lora_script(SlurmSettings("lora"), "train.py"), "/tmp/llmkit-lora.sbatch", overwrite=True).name
+    >>> write_script(lora_script(SlurmSettings("lora"), "train.py"), "llmkit-lora.sbatch", overwrite=True).name
     'llmkit-lora.sbatch'
     """
     path = Path(path)

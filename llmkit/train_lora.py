@@ -256,7 +256,7 @@ class StepClock(TrainerCallback):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m llmkit.train_lora``; a refusal prints its reason and returns 2.
 
-    >>> main(["--model", "m", "--synthetic", "4", "--out", "/tmp/x", "--global-batch-size", "3"])
+    >>> main(["--model", "m", "--synthetic", "4", "--out", "lora-out", "--global-batch-size", "3"])
     [train_lora] refused: --global-batch-size 3 is not a multiple of per-device batch 2 x 1 process(es) = 2: ...
     2
     """

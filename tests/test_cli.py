@@ -213,3 +213,13 @@ def test_a_typo_of_a_course_model_suggests_the_course_model_not_downloading_the_
     assert result.stderr.strip().splitlines() == [
         "llmkit: error: model 'Qwen/Qwen2-7B-Instuct' is not on this machine; did you mean Qwen/Qwen2-7B-Instruct? "
         "download it with: llmkit download Qwen/Qwen2-7B-Instruct"]
+
+
+@pytest.mark.parametrize("args, line", [
+    (["chat", "--bogus"], "llmkit: error: unrecognized arguments: --bogus (see llmkit --help)"),
+    (["bench", "--prompts", "x"], "llmkit bench: error: argument --prompts: invalid int value: 'x' (see llmkit bench --help)"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, line):
+    result = llmkit(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [line]

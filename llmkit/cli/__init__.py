@@ -24,13 +24,27 @@ COMMANDS = [doctor_cmd, standin_cmd, chat_cmd, estimate_cmd, locate_cmd, downloa
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_WONT_FIT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit 2, like every other llmkit error
+    (argparse prints the whole usage first). Sub-command parsers are of the same class.
+
+    >>> OneLineErrors(prog="llmkit").parse_args(["--bogus"])
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``llmkit`` parser.
 
     >>> build_parser().parse_args(["doctor", "--json"]).json
     True
     """
-    parser = argparse.ArgumentParser(prog="llmkit", description="Helpers for the llmkit LLM course.")
+    parser = OneLineErrors(prog="llmkit", description="Helpers for the llmkit LLM course.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
