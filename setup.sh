@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Create .venv with the pinned course stack and llmkit, and register the Jupyter kernel "llmkit".
 # Safe to re-run: reinstalls only when requirements.txt, pyproject.toml or the torch choice changed.
-#   bash setup.sh                 torch: the newest CUDA build of the pinned version that this NVIDIA driver runs
+#   bash setup.sh                 the course's stack; torch: the newest CUDA build of the pinned version that this
+#                                 NVIDIA driver runs
+#   bash setup.sh llama-cpp       also compile llama-cpp-python (notebook 07): the CUDA version where an NVIDIA driver
+#                                 and nvcc are found, else a portable CPU version (minutes: progress is shown)
 #   bash setup.sh --torch-plan    only say which torch build would be installed and why (installs nothing but uv)
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 bash setup.sh   a torch build of your choice
-# Exit codes: 2 no Python 3.11; 4 no torch build for this driver, or TORCH_INDEX_URL did not serve the pinned torch.
+# Exit codes: 1 a build failed (its log is named); 2 no Python 3.11, or an unknown argument; 4 no torch build for this
+# driver, or TORCH_INDEX_URL did not serve the pinned torch.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -69,6 +73,63 @@ install_torch() {
   fi
 }
 
+nvcc_path() {  # nvcc on PATH, else under CUDA_HOME or /usr/local/cuda; empty without one
+  command -v nvcc || { [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] && echo "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"; } || true
+}
+
+llama_cpp_cmake_args() {
+  # GGML_NATIVE=OFF: a portable x86-64 build (AVX2/FMA/F16C, no AVX-512, no AMX): a native build on an Intel Xeon
+  # with AMX crashed in ggml's AMX matmul (a general protection fault at `ldtilecfg`) on every q4_k_m/q5_k_m file,
+  # and a build made on one machine must run on the next one. With an NVIDIA driver and nvcc: the CUDA version,
+  # for this machine's GPU architectures only (much faster to compile). CMAKE_ARGS adds to these flags.
+  local args="-DGGML_NATIVE=OFF" archs
+  if [ -n "$(nvidia_driver)" ] && [ -n "$(nvcc_path)" ]; then
+    archs="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d '. ' | sort -u | paste -sd';' || true)"
+    args="$args -DGGML_CUDA=on${archs:+ -DCMAKE_CUDA_ARCHITECTURES=$archs}"
+  fi
+  echo "$args${CMAKE_ARGS:+ $CMAKE_ARGS}"
+}
+
+build_progress() {  # a CMake build's output (ninja's "[12/190]" or make's "[ 42%]") -> one line per 10% done
+  sed -un 's/^.*\[ *\([0-9][0-9]*\)\/\([0-9][0-9]*\)\].*$/\1 \2/p; s/^.*\[ *\([0-9][0-9]*\)%\].*$/\1 100/p' |
+    awk '{ p = int(100 * $1 / $2); if (p >= shown + 10) { shown = p - p % 10;
+      printf "setup.sh   llama.cpp build %d%%\n", shown; fflush() } }'
+}
+
+install_llama_cpp() {
+  # Compiles the pinned llama-cpp-python from its source release and unpacks llama.cpp's GGUF converter
+  # (convert_hf_to_gguf.py, its conversion/ package and gguf-py, not in the wheel) from the same release, so
+  # converter and runtime agree (PyPI's gguf 0.19.0 is older). The flags are stamped: other flags rebuild.
+  local spec flags stamp=.venv/.llama-cpp-build converter=.venv/share/llama.cpp tmp log=.venv/llama-cpp-build.log
+  spec="$(grep '^llama-cpp-python==' requirements-llamacpp.txt)"
+  flags="$(llama_cpp_cmake_args)"
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$spec $flags" ] && [ -f "$converter/convert_hf_to_gguf.py" ]; then
+    stage "llama-cpp-python: $spec already built with CMAKE_ARGS='$flags'"
+    return
+  fi
+  tmp="$(mktemp -d)"
+  stage "downloading the $spec source release"
+  .venv/bin/pip download --quiet --no-deps --no-binary :all: "$spec" -d "$tmp"
+  case "$flags" in
+    *GGML_CUDA=on*) stage "compiling $spec for CUDA, CMAKE_ARGS='$flags' (about 5 minutes on 16 cores for one GPU architecture, longer on fewer)" ;;
+    *) stage "compiling $spec for the CPU, CMAKE_ARGS='$flags' (about 8 minutes on 2 cores)" ;;
+  esac
+  if ! CMAKE_ARGS="$flags" .venv/bin/pip install -v --no-cache-dir --no-deps --force-reinstall \
+      "$tmp"/llama_cpp_python-*.tar.gz 2>&1 < /dev/null | tee "$log" | build_progress; then
+    echo "setup.sh: compiling $spec failed; the last lines of $log:" >&2
+    tail -n 15 "$log" >&2
+    rm -rf "$tmp"
+    exit 1
+  fi
+  tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp" --wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' \
+    '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*' '*/vendor/llama.cpp/LICENSE'
+  rm -rf "$converter" && mkdir -p "$converter"
+  cp -r "$tmp"/llama_cpp_python-*/vendor/llama.cpp/{convert_hf_to_gguf.py,conversion,gguf-py,LICENSE} "$converter"/
+  rm -rf "$tmp"
+  echo "$spec $flags" > "$stamp"
+  stage "llama-cpp-python built; llama.cpp's converter in $converter"
+}
+
 python_bin="${PYTHON:-}"
 if [ -z "$python_bin" ]; then
   for candidate in python3.11 python3; do
@@ -82,26 +143,15 @@ if [ -z "$python_bin" ]; then
   exit 2
 fi
 
+with_llama_cpp=""
+for arg in "$@"; do
+  case "$arg" in
+    --torch-plan) [ -x .venv/bin/python ] || "$python_bin" -m venv .venv; install_torch --dry-run; exit 0 ;;
+    llama-cpp) with_llama_cpp=yes ;;
+    *) echo "setup.sh: unknown argument '$arg'; use: bash setup.sh [llama-cpp] | bash setup.sh --torch-plan" >&2; exit 2 ;;
+  esac
+done
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
-if [ "${1:-}" = "--torch-plan" ]; then
-  install_torch --dry-run
-  exit 0
-fi
-# llama-cpp-python compiles llama.cpp at install. GGML_NATIVE=OFF gives a portable x86-64 build (AVX2/FMA/F16C,
-# no AVX-512, no AMX): a native build on an Intel Xeon with AMX crashed in ggml's AMX matmul (a general protection
-# fault at `ldtilecfg`) on every q4_k_m/q5_k_m file, and a build made on one machine must run on the next one.
-# CMAKE_ARGS adds to these flags (e.g. CMAKE_ARGS="-DGGML_CUDA=on" for a CUDA build). The flags are stamped, so a
-# build with other flags is replaced; --no-cache-dir keeps pip from reusing a wheel it built with other flags.
-llama_cpp_spec="$(grep '^llama-cpp-python==' requirements.txt)"
-llama_cpp_flags="-DGGML_NATIVE=OFF${CMAKE_ARGS:+ $CMAKE_ARGS}"
-llama_cpp_stamp=.venv/.llama-cpp-build
-if [ "$(cat "$llama_cpp_stamp" 2>/dev/null)" != "$llama_cpp_spec $llama_cpp_flags" ]; then
-  stage "compiling $llama_cpp_spec with CMAKE_ARGS='$llama_cpp_flags' (about 8 minutes on 2 cores, no output meanwhile)"
-  CMAKE_ARGS="$llama_cpp_flags" .venv/bin/pip install --progress-bar off --no-cache-dir --no-deps --force-reinstall \
-    "$llama_cpp_spec"
-  echo "$llama_cpp_spec $llama_cpp_flags" > "$llama_cpp_stamp"
-fi
-
 stamp=.venv/.llmkit-installed
 wanted="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1) ${TORCH_INDEX_URL:-} $(nvidia_driver)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
@@ -112,21 +162,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   echo "$wanted" > "$stamp"
 fi
 
-# llama.cpp's converter (convert_hf_to_gguf.py, its conversion/ package and the gguf-py it imports from beside
-# itself) is not in the llama-cpp-python wheel; take it from the same pinned source release that pip compiled,
-# so converter and runtime agree (PyPI's gguf 0.19.0 is older than the gguf-py in this release).
-llama_cpp_version="$(sed -n 's/^llama-cpp-python==//p' requirements.txt)"
-converter=.venv/share/llama.cpp
-if [ "$(cat "$converter/VERSION" 2>/dev/null)" != "$llama_cpp_version" ]; then
-  stage "unpacking llama.cpp's GGUF converter"
-  tmp="$(mktemp -d)"
-  .venv/bin/pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$llama_cpp_version" -d "$tmp"
-  tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp" --wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' \
-    '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*' '*/vendor/llama.cpp/LICENSE'
-  rm -rf "$converter" && mkdir -p "$converter"
-  cp -r "$tmp"/llama_cpp_python-*/vendor/llama.cpp/{convert_hf_to_gguf.py,conversion,gguf-py,LICENSE} "$converter"/
-  echo "$llama_cpp_version" > "$converter/VERSION"
-  rm -rf "$tmp"
-fi
 .venv/bin/python -m ipykernel install --user --name llmkit --display-name "Python (llmkit)" >/dev/null
-stage ".venv ready (kernel 'llmkit' registered, llama.cpp converter in $converter)"
+if [ -n "$with_llama_cpp" ]; then
+  install_llama_cpp
+elif ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
+  stage "llama-cpp-python (notebook 07) is not installed: bash setup.sh llama-cpp compiles it (minutes)"
+fi
+stage ".venv ready (kernel 'llmkit' registered)"

@@ -24,7 +24,7 @@ from llmkit.bench_result import BenchResult, result, timed_runs
 from llmkit.errors import BadInput
 
 ENGINES = {  # backend: (Python package, how to get it)
-    "llamacpp": ("llama_cpp", "pip install llama-cpp-python (setup.sh does; README: llama.cpp)"),
+    "llamacpp": ("llama_cpp", "bash setup.sh llama-cpp (compiles llama-cpp-python; README: Quickstart)"),
     "vllm": ("vllm", "pip install vllm on a Linux machine with a CUDA GPU (README: serving)"),
 }
 ENGINE_BACKENDS = tuple(ENGINES)

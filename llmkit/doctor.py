@@ -226,7 +226,7 @@ def check_packages(facts: dict) -> list[Row]:
         rows.append(Row("GPTQ GPU kernel", str(kernel)[:120], WARN,
                         f"GPTQ falls back to the slow torch kernel (several times slower); {cause}"))
     for name, why in [("bitsandbytes", "8/4-bit on the fly, QLoRA"), ("vllm", "notebook 08 serving"),
-                      ("llama-cpp-python", "notebook 07 GGUF")]:
+                      ("llama-cpp-python", "notebook 07 GGUF: bash setup.sh llama-cpp compiles it")]:
         version = pkgs.get(name)
         rows.append(Row(name, version or "not installed", OK, "" if version else f"optional ({why})"))
     return rows

@@ -2,7 +2,7 @@
 
 The work is done by llama.cpp's maintained tools, not re-implemented here:
 - ``convert_hf_to_gguf.py`` (llama.cpp's converter, with its ``conversion/`` package and the ``gguf-py`` it
-  imports from beside itself) writes the GGUF. ``setup.sh`` unpacks them from the same pinned
+  imports from beside itself) writes the GGUF. ``bash setup.sh llama-cpp`` unpacks them from the same pinned
   llama-cpp-python source release that pip compiles, so converter and runtime agree. With a llama.cpp checkout,
   ``LLAMA_CPP_DIR=/path/to/llama.cpp`` uses that one instead.
 - ``llama_cpp.llama_model_quantize`` (the C function behind ``llama-quantize``) makes q4_k_m, q5_k_m, q8_0.
@@ -29,7 +29,7 @@ QUANT_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOS
 
 
 def converter_path() -> Path:
-    """llama.cpp's ``convert_hf_to_gguf.py``: from ``$LLAMA_CPP_DIR``, else the copy ``setup.sh`` put in the venv.
+    """llama.cpp's ``convert_hf_to_gguf.py``: from ``$LLAMA_CPP_DIR``, else the copy ``bash setup.sh llama-cpp`` put in the venv.
 
     >>> converter_path().name  # doctest: +SKIP
     'convert_hf_to_gguf.py'
@@ -39,7 +39,7 @@ def converter_path() -> Path:
     for place in places:
         if (place / CONVERTER).is_file():
             return place / CONVERTER
-    raise BadInput(f"llama.cpp's {CONVERTER} was not found in {', '.join(map(str, places))}; run `bash setup.sh` "
+    raise BadInput(f"llama.cpp's {CONVERTER} was not found in {', '.join(map(str, places))}; run `bash setup.sh llama-cpp` "
                    "(it unpacks it into the venv) or set LLAMA_CPP_DIR to a llama.cpp checkout")
 
 

@@ -1,4 +1,4 @@
-"""setup.sh's torch choice from the NVIDIA driver (``bash setup.sh --torch-plan``), without a GPU.
+"""setup.sh: the torch choice from the NVIDIA driver (``bash setup.sh --torch-plan``, without a GPU) and its arguments.
 
 uv's own ``UV_CUDA_DRIVER_VERSION`` stands in for the driver. PyTorch's indexes are not reachable from every
 machine, so the build uv chose is read from its dry run ("torch==2.13.0+cu129") or, offline, from the first
@@ -65,3 +65,10 @@ def test_an_index_that_does_not_serve_torch_is_one_clear_line_and_exit_4():
     assert result.stderr.strip().splitlines()[-1] == (
         "setup.sh: TORCH_INDEX_URL=http://127.0.0.1:9/simple did not serve torch==2.13.0; use one of PyTorch's "
         "indexes, e.g. https://download.pytorch.org/whl/cu126")
+
+
+def test_an_unknown_setup_argument_is_one_clear_line_and_exit_2():
+    result = subprocess.run(["bash", "setup.sh", "llama-cpp", "--fast"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "setup.sh: unknown argument '--fast'; use: bash setup.sh [llama-cpp] | bash setup.sh --torch-plan"]
