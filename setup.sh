@@ -6,9 +6,13 @@
 #   bash setup.sh llama-cpp       also compile llama-cpp-python (notebook 07): the CUDA version where an NVIDIA driver
 #                                 and nvcc are found, else a portable CPU version (minutes: progress is shown)
 #   bash setup.sh --torch-plan    only say which torch build would be installed and why (installs nothing but uv)
+#   bash setup.sh wheelhouse DIR  on a machine with a network: download every package into DIR (torch: PyPI's build,
+#                                 or TORCH_INDEX_URL's), for an offline machine (a SCOW compute node), where
+#   WHEELHOUSE=DIR bash setup.sh [llama-cpp]   installs from DIR alone, never from an index
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 bash setup.sh   a torch build of your choice
-# Exit codes: 1 a build failed (its log is named); 2 no Python 3.11, or an unknown argument; 4 no torch build for this
-# driver, or TORCH_INDEX_URL did not serve the pinned torch.
+# Exit codes: 1 an install or build failed (pip's message or the build log is shown); 2 no Python 3.11, an unknown
+# argument, or WHEELHOUSE is not a folder; 4 no torch build for this driver, TORCH_INDEX_URL did not serve the pinned
+# torch, or the wheelhouse lacks a package.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -36,6 +40,40 @@ older_than() {  # older_than A B: version A < version B
   [ "$1" != "$2" ] && [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -1)" = "$1" ]
 }
 
+pip_install() {
+  # .venv/bin/pip install ARGS, its output shown; with a wheelhouse, a package it lacks is named in one line (exit 4)
+  local log missing
+  log="$(mktemp)"
+  if .venv/bin/pip install "$@" 2>&1 | tee "$log"; then rm -f "$log"; return; fi
+  # pip says it one of these ways (the second when a constraints file is configured)
+  missing="$(sed -n -e 's/.*No matching distribution found for \([^ ]*\).*/\1/p' \
+    -e 's/.*Cannot install \([^ ]*\) because.*/\1/p' "$log" | head -n 1)"
+  rm -f "$log"
+  if [ -n "${WHEELHOUSE:-}" ] && [ -n "$missing" ]; then
+    echo "setup.sh: the wheelhouse $WHEELHOUSE has no $missing; make it again on a machine with a network: bash setup.sh wheelhouse DIR" >&2
+    exit 4
+  fi
+  echo "setup.sh: pip install $* failed (its message is above)" >&2
+  exit 1
+}
+
+build_wheelhouse() {
+  # Every package setup.sh installs, into $1: requirements.txt with torch (PyPI's build, or TORCH_INDEX_URL's),
+  # llama-cpp-python's source release and what building it needs, and the build backends of llmkit itself.
+  local dir="$1" llama_spec
+  llama_spec="$(grep '^llama-cpp-python==' requirements-llamacpp.txt)"
+  mkdir -p "$dir"
+  stage "downloading the course's packages into $dir (torch: ${TORCH_INDEX_URL:-the PyPI build, for driver 580 or newer; TORCH_INDEX_URL picks another})"
+  # pip wheel, not download: a package published only as source (gptqmodel) is built into a wheel here, because the
+  # offline machine could not fetch what building it needs
+  .venv/bin/pip wheel --progress-bar off -w "$dir" ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+    -r requirements.txt "setuptools>=69" wheel
+  stage "downloading $llama_spec's source release and its build requirements"
+  .venv/bin/pip download --progress-bar off -d "$dir" --no-deps --no-binary :all: "$llama_spec"
+  .venv/bin/pip download --progress-bar off -d "$dir" "scikit-build-core[pyproject]>=0.9.2" cmake ninja
+  stage "wheelhouse ready ($(du -sh "$dir" | cut -f1)): copy $dir to the offline machine, then there: WHEELHOUSE=$dir bash setup.sh llama-cpp"
+}
+
 install_torch() {
   # Installs the pinned torch into .venv (with --dry-run: only shows what would be installed), saying which and why.
   # No driver: PyPI's build. A driver: uv's --torch-backend=auto reads the same driver version and tries PyTorch's
@@ -43,7 +81,10 @@ install_torch() {
   # this job, no table of ours. TORCH_INDEX_URL overrides both.
   local dry_run="${1:-}" driver
   driver="$(nvidia_driver)"
-  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  if [ -n "${WHEELHOUSE:-}" ]; then
+    echo "setup.sh: torch: $torch_spec from the wheelhouse $WHEELHOUSE (the build chosen when it was made)"
+    pip_install $dry_run "$torch_spec"
+  elif [ -n "${TORCH_INDEX_URL:-}" ]; then
     echo "setup.sh: torch: $torch_spec from TORCH_INDEX_URL=$TORCH_INDEX_URL"
     # --force-reinstall: a torch of the same version from another index (e.g. PyPI's) does not count;
     # --no-deps: its dependencies come with requirements.txt next
@@ -143,22 +184,37 @@ if [ -z "$python_bin" ]; then
   exit 2
 fi
 
+usage="use: bash setup.sh [llama-cpp] | bash setup.sh --torch-plan | bash setup.sh wheelhouse DIR"
 with_llama_cpp=""
-for arg in "$@"; do
-  case "$arg" in
+wheelhouse_out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --torch-plan) [ -x .venv/bin/python ] || "$python_bin" -m venv .venv; install_torch --dry-run; exit 0 ;;
     llama-cpp) with_llama_cpp=yes ;;
-    *) echo "setup.sh: unknown argument '$arg'; use: bash setup.sh [llama-cpp] | bash setup.sh --torch-plan" >&2; exit 2 ;;
+    wheelhouse) [ -n "${2:-}" ] || { echo "setup.sh: wheelhouse needs a folder; $usage" >&2; exit 2; }
+                wheelhouse_out="$2"; shift ;;
+    *) echo "setup.sh: unknown argument '$1'; $usage" >&2; exit 2 ;;
   esac
+  shift
 done
+if [ -n "${WHEELHOUSE:-}" ]; then
+  # offline: every pip call (build isolation included) reads only the wheelhouse; nothing asks an index
+  [ -d "$WHEELHOUSE" ] || { echo "setup.sh: WHEELHOUSE=$WHEELHOUSE is not a folder; make one with: bash setup.sh wheelhouse DIR" >&2; exit 2; }
+  WHEELHOUSE="$(cd "$WHEELHOUSE" && pwd)"
+  export PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHEELHOUSE"
+fi
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
+if [ -n "$wheelhouse_out" ]; then
+  build_wheelhouse "$wheelhouse_out"
+  exit 0
+fi
 stamp=.venv/.llmkit-installed
 wanted="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1) ${TORCH_INDEX_URL:-} $(nvidia_driver)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   stage "installing torch"
   install_torch
   stage "installing requirements.txt and llmkit (about 2 minutes)"
-  .venv/bin/pip install --progress-bar off -r requirements.txt -e .
+  pip_install --progress-bar off -r requirements.txt -e .
   echo "$wanted" > "$stamp"
 fi
 

@@ -71,4 +71,38 @@ def test_an_unknown_setup_argument_is_one_clear_line_and_exit_2():
     result = subprocess.run(["bash", "setup.sh", "llama-cpp", "--fast"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "setup.sh: unknown argument '--fast'; use: bash setup.sh [llama-cpp] | bash setup.sh --torch-plan"]
+        "setup.sh: unknown argument '--fast'; use: bash setup.sh [llama-cpp] | bash setup.sh --torch-plan | "
+        "bash setup.sh wheelhouse DIR"]
+
+
+def course_copy(tmp_path: Path) -> Path:
+    """What setup.sh reads, copied to a fresh folder (no .venv yet)."""
+    import shutil
+
+    copy = tmp_path / "course"
+    copy.mkdir()
+    for name in ("setup.sh", "requirements.txt", "requirements-llamacpp.txt", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, copy / name)
+    shutil.copytree(ROOT / "llmkit", copy / "llmkit", ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def test_a_wheelhouse_without_a_package_names_it_in_one_line_and_exit_4(tmp_path):
+    course, empty = course_copy(tmp_path), tmp_path / "wheelhouse"
+    empty.mkdir()
+    env = {**os.environ, "WHEELHOUSE": str(empty), "UV_CUDA_DRIVER_VERSION": "", "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}
+    env.pop("TORCH_INDEX_URL", None)
+    result = subprocess.run(["bash", "setup.sh"], cwd=course, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"setup.sh: the wheelhouse {empty} has no torch==2.13.0; make it again on a machine with a network: "
+        "bash setup.sh wheelhouse DIR")
+    assert not (course / ".venv" / ".llmkit-installed").exists()  # nothing the next run would trust
+
+
+def test_a_wheelhouse_that_is_not_a_folder_is_one_clear_line_and_exit_2(tmp_path):
+    result = subprocess.run(["bash", "setup.sh"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "WHEELHOUSE": str(tmp_path / "missing")})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"setup.sh: WHEELHOUSE={tmp_path / 'missing'} is not a folder; make one with: bash setup.sh wheelhouse DIR"]
