@@ -153,7 +153,7 @@ install_llama_cpp() {
   .venv/bin/pip download --quiet --no-deps --no-binary :all: "$spec" -d "$tmp"
   case "$flags" in
     *GGML_CUDA=on*) stage "compiling $spec for CUDA, CMAKE_ARGS='$flags' (about 5 minutes on 16 cores for one GPU architecture, longer on fewer)" ;;
-    *) stage "compiling $spec for the CPU, CMAKE_ARGS='$flags' (about 8 minutes on 2 cores)" ;;
+    *) stage "compiling $spec for the CPU, CMAKE_ARGS='$flags' (3 to 8 minutes on 2 cores)" ;;
   esac
   if ! CMAKE_ARGS="$flags" .venv/bin/pip install -v --no-cache-dir --no-deps --force-reinstall \
       "$tmp"/llama_cpp_python-*.tar.gz 2>&1 < /dev/null | tee "$log" | build_progress; then
