@@ -124,6 +124,9 @@ class _CapWhenTorchLoads(importlib.abc.MetaPathFinder):
 
             def exec_and_queue(module):
                 exec_module(module)
+                # now, not when CUDA starts: the first mem_get_info call may be what starts CUDA (transformers'
+                # continuous batching sizes its cache with it), and that call would see the whole GPU
+                _emulate_mem_get_info(module)
                 module.cuda._lazy_call(lambda: _cap(module))  # runs once CUDA is initialised, or now if it is
 
             spec.loader.exec_module = exec_and_queue
@@ -138,7 +141,14 @@ def _cap(torch) -> None:
     for index in range(torch.cuda.device_count()):
         total = torch.cuda.get_device_properties(index).total_memory
         torch.cuda.set_per_process_memory_fraction(allocator_fraction(card, total), index)
-    real = _real_mem_get_info(torch)
+    _emulate_mem_get_info(torch)
+
+
+def _emulate_mem_get_info(torch) -> None:
+    """Make ``torch.cuda.mem_get_info`` report the emulated card (``emulate``); once, whether or not CUDA started."""
+    if card_gib() is None or hasattr(torch.cuda.mem_get_info, "__wrapped__"):
+        return
+    real = torch.cuda.mem_get_info
 
     @functools.wraps(real)
     def emulated_mem_get_info(device=None):

@@ -175,6 +175,14 @@ def test_python_processes_started_with_child_env_queue_the_cap_for_cuda_start(mo
     assert with_hook.stdout.strip() == "True" and without.stdout.strip() == "False"
 
 
+def test_mem_get_info_reports_the_card_from_the_moment_torch_is_imported():
+    # its first call may be the one that starts CUDA (transformers' continuous batching sizes its cache with it)
+    env = card.child_env({**os.environ, card.CARD_ENV: "24"})
+    probe = "import torch; print(hasattr(torch.cuda.mem_get_info, '__wrapped__'), torch.cuda.is_initialized())"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True False"
+
+
 def test_importing_gptqmodel_after_llmkit_leaves_the_hugging_face_cache_where_it_was(tmp_path):
     """tokenicer (imported by gptqmodel) sets HF_HOME=/tmp/tokenicer_hf_home when it is unset."""
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE")}
