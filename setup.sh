@@ -69,7 +69,7 @@ build_wheelhouse() {
   .venv/bin/pip wheel --progress-bar off -w "$dir" ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
     -r requirements.txt "setuptools>=69" wheel
   stage "downloading $llama_spec's source release and its build requirements"
-  .venv/bin/pip download --progress-bar off -d "$dir" --no-deps --no-binary :all: "$llama_spec"
+  .venv/bin/pip download --progress-bar off -d "$dir" --no-binary llama-cpp-python -r requirements-llamacpp.txt
   .venv/bin/pip download --progress-bar off -d "$dir" "scikit-build-core[pyproject]>=0.9.2" cmake ninja
   stage "wheelhouse ready ($(du -sh "$dir" | cut -f1)): copy $dir to the offline machine, then there: WHEELHOUSE=$dir bash setup.sh llama-cpp"
 }
@@ -146,6 +146,7 @@ install_llama_cpp() {
   flags="$(llama_cpp_cmake_args)"
   if [ "$(cat "$stamp" 2>/dev/null)" = "$spec $flags" ] && [ -f "$converter/convert_hf_to_gguf.py" ]; then
     stage "llama-cpp-python: $spec already built with CMAKE_ARGS='$flags'"
+    pip_install -q -r requirements-llamacpp.txt  # its runtime dependencies, should they be missing
     return
   fi
   tmp="$(mktemp -d)"
@@ -167,6 +168,7 @@ install_llama_cpp() {
   rm -rf "$converter" && mkdir -p "$converter"
   cp -r "$tmp"/llama_cpp_python-*/vendor/llama.cpp/{convert_hf_to_gguf.py,conversion,gguf-py,LICENSE} "$converter"/
   rm -rf "$tmp"
+  pip_install -q -r requirements-llamacpp.txt  # its runtime dependencies (it was built with --no-deps)
   echo "$spec $flags" > "$stamp"
   stage "llama-cpp-python built; llama.cpp's converter in $converter"
 }
