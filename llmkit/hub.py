@@ -196,9 +196,10 @@ def locate(model_id_or_path: str | os.PathLike) -> Located:
         return first_found
     from llmkit.memory import shipped_models
 
-    course = [] if text in shipped_models() else _close_matches(text, set(shipped_models()))
-    raise ModelNotFound(text, searched, _close_matches(text, set().union(*map(_ids_on_disk, roots))),
-                        typo_of=course[0] if course else None)
+    on_disk = _close_matches(text, set().union(*map(_ids_on_disk, roots)))
+    # nothing close on disk: a typo of a course model gets that model's download command, not the typo's
+    course = [] if on_disk or text in shipped_models() else _close_matches(text, set(shipped_models()))
+    raise ModelNotFound(text, searched, on_disk, typo_of=course[0] if course else None)
 
 
 def _search_places() -> list[tuple[str, Path | None]]:
