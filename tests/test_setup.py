@@ -106,3 +106,36 @@ def test_a_wheelhouse_that_is_not_a_folder_is_one_clear_line_and_exit_2(tmp_path
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"setup.sh: WHEELHOUSE={tmp_path / 'missing'} is not a folder; make one with: bash setup.sh wheelhouse DIR"]
+
+
+def test_an_offline_machine_installs_from_a_wheelhouse_alone(tmp_path):
+    """The SCOW route, whole: a wheelhouse made where there is a network, then setup.sh in a fresh copy of the course
+    with no index reachable (no pip config, a dead PIP_INDEX_URL); llmkit and the stack import in the new venv, and
+    llama-cpp-python's source and build tools come from the wheelhouse too. A full install: a few minutes."""
+    import shutil
+
+    wheelhouse, course = tmp_path / "wheels", course_copy(tmp_path)
+    try:
+        made = subprocess.run(["bash", "setup.sh", "wheelhouse", str(wheelhouse)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=1800)
+        assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+        offline = {**os.environ, "WHEELHOUSE": str(wheelhouse), "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+                   "PIP_CONFIG_FILE": os.devnull, "UV_CUDA_DRIVER_VERSION": "", "HOME": str(tmp_path / "home")}
+        offline.pop("TORCH_INDEX_URL", None)
+        installed = subprocess.run(["bash", "setup.sh"], cwd=course, env=offline, capture_output=True, text=True,
+                                   timeout=1800)
+        assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+        assert "torch==2.13.0 from the wheelhouse" in installed.stdout
+        imports = subprocess.run([str(course / ".venv" / "bin" / "python"), "-c",
+                                  "import llmkit, torch, transformers, peft, gptqmodel, streamlit; print('imported')"],
+                                 cwd=tmp_path, env=offline, capture_output=True, text=True, timeout=600)
+        assert imports.stdout.strip().splitlines()[-1] == "imported", imports.stderr[-3000:]
+        fetched = subprocess.run([str(course / ".venv" / "bin" / "pip"), "download", "-d", str(tmp_path / "got"),
+                                  "--no-binary", "llama-cpp-python", "-r", "requirements-llamacpp.txt",
+                                  "scikit-build-core[pyproject]>=0.9.2", "cmake", "ninja"],
+                                 cwd=course, env={**offline, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse)},
+                                 capture_output=True, text=True, timeout=600)
+        assert fetched.returncode == 0, fetched.stderr[-3000:]
+    finally:
+        shutil.rmtree(wheelhouse, ignore_errors=True)
+        shutil.rmtree(course, ignore_errors=True)
