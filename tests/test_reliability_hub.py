@@ -2,6 +2,8 @@
 again, file names that try to escape, pickle weights, secrets in errors, and property-based checks of locate and
 verify_model_dir. The fixtures (every cache under tmp_path, the fake hub) come from test_hub."""
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -199,7 +201,9 @@ def test_killed_download_is_not_complete_then_completes_and_its_partial_file_is_
                                     "--local-dir", str(local_dir)], cwd=tmp_path / "cwd",
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            partial = wait_for_partial_file(local_dir / ".cache" / "huggingface" / "download", timeout_s=60)
+            # the cut file's own partial file (named after its sha256 etag): the first shard's is renamed when done
+            partial = wait_for_partial_file(local_dir / ".cache" / "huggingface" / "download", timeout_s=60,
+                                            pattern=f"*{hashlib.sha256(big).hexdigest()}*.incomplete")
             wait_for_partial_file(local_dir, timeout_s=60, pattern=first)  # the first shard is complete
         finally:
             process.send_signal(signal.SIGKILL)
@@ -222,9 +226,10 @@ def wait_for_partial_file(folder: Path, timeout_s: float, pattern: str = "*.inco
     """The first non-empty file matching pattern under folder, polling until timeout_s."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        partial = [path for path in folder.glob(pattern) if path.stat().st_size > 0]
-        if partial:
-            return partial[0]
+        for path in folder.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):  # renamed between the listing and the look
+                if path.stat().st_size > 0:
+                    return path
         time.sleep(0.05)
     raise AssertionError(f"no partial download appeared in {folder} within {timeout_s} s")
 
