@@ -55,11 +55,16 @@ def test_model_without_standin_is_refused_in_standin_mode():
     assert "no stand-in for 'meta-llama/Llama-2-7b-chat-hf'" in result.stderr
 
 
+def chat_on_an_empty_machine(model, tmp_path):
+    """``llmkit chat MODEL -p hi`` in real mode with every model cache empty (under tmp_path)."""
+    return subprocess.run([sys.executable, "-m", "llmkit.cli", "chat", model, "-p", "hi"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**__import__("os").environ, "LLMKIT_STANDIN": "", "HOME": str(tmp_path),
+                               "HF_HUB_CACHE": str(tmp_path / "hf"), "MODELSCOPE_CACHE": str(tmp_path / "ms")})
+
+
 def test_chat_with_a_model_not_on_disk_says_how_to_download_it(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "llmkit.cli", "chat", "Org/NotDownloaded", "-p", "hi"],
-                            capture_output=True, text=True, cwd=tmp_path,
-                            env={**__import__("os").environ, "LLMKIT_STANDIN": "", "HOME": str(tmp_path),
-                                 "HF_HUB_CACHE": str(tmp_path / "hf"), "MODELSCOPE_CACHE": str(tmp_path / "ms")})
+    result = chat_on_an_empty_machine("Org/NotDownloaded", tmp_path)
     assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
         "llmkit: error: model 'Org/NotDownloaded' is not on this machine; download it with: llmkit download Org/NotDownloaded"]
@@ -205,10 +210,7 @@ def test_the_cli_starts_without_torch_or_transformers():
 
 
 def test_a_typo_of_a_course_model_suggests_the_course_model_not_downloading_the_typo(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "llmkit.cli", "chat", "Qwen/Qwen2-7B-Instuct", "-p", "hi"],
-                            capture_output=True, text=True, cwd=tmp_path,
-                            env={**__import__("os").environ, "LLMKIT_STANDIN": "", "HOME": str(tmp_path),
-                                 "HF_HUB_CACHE": str(tmp_path / "hf"), "MODELSCOPE_CACHE": str(tmp_path / "ms")})
+    result = chat_on_an_empty_machine("Qwen/Qwen2-7B-Instuct", tmp_path)
     assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
         "llmkit: error: model 'Qwen/Qwen2-7B-Instuct' is not on this machine; did you mean Qwen/Qwen2-7B-Instruct? "
