@@ -47,9 +47,10 @@ class PeakGpuMemory:
             used = sum(int(x) for x in out.split() if x.isdigit())
             if used > self.peak_mib:
                 self.peak_mib = used
-                self.peak_processes = subprocess.run(
+                lines = subprocess.run(
                     ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader"],
                     capture_output=True, text=True).stdout.strip().splitlines()
+                self.peak_processes = [f"{line}; {describe_process(line.split(',')[0].strip())}" for line in lines]
             self._stop.wait(self.every_s)
 
     def __enter__(self):
@@ -63,6 +64,18 @@ class PeakGpuMemory:
     @property
     def peak_gib(self) -> float:
         return round(self.peak_mib / 1024, 2)
+
+
+def describe_process(pid: str) -> str:
+    """A GPU process's command line and whether the card emulation reaches it (``LLMKIT_CARD_GB`` and the
+    ``card_hook`` on its ``PYTHONPATH``), read from /proc; says so when it cannot be read."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+    except OSError as error:
+        return f"not readable ({error.strerror})"
+    hooked = b"LLMKIT_CARD_GB" in environ and b"card_hook" in environ.get(b"PYTHONPATH", b"")
+    return f"{b' '.join(command[:4]).decode(errors='replace')[:160]}; card emulation {'on' if hooked else 'OFF'}"
 
 
 def cell_report(nb) -> dict:
@@ -153,6 +166,8 @@ def _course_map_cell(run: dict | None) -> str:
     measured = f"peak {run['peak_gpu_gib']} GiB, {run['wall_s']} s"
     if run["peak_gpu_gib"] > run["card_gb"]:
         return f"not valid at this size: peak {run['peak_gpu_gib']} GiB is over the card ({run['failed']} cells failed)"
+    if any("DeadKernelError" in failure["error"] for failure in run["failures"]):
+        return f"the kernel died after {run['passed']} cells"
     if run["failed"]:
         return f"{run['failed']} of {run['passed'] + run['failed'] + run['skipped_by_notebook']} cells failed"
     if run["skipped_by_notebook"]:

@@ -89,8 +89,9 @@ def bench_llamacpp_isolated(gguf: str | Path, prompts: list[list[int]], new_toke
                             **options) -> BenchResult:
     """``bench_llamacpp`` in a fresh Python process that never imports torch.
 
-    On the H100 here, llama-cpp-python's CUDA build crashed (SIGSEGV) in any process that had imported torch,
-    whose wheels bring their own CUDA libraries; the two sets clash. ``llmkit bench`` runs llama.cpp this way.
+    llama-cpp-python's CUDA build crashed (SIGSEGV in libggml-cuda) when it loaded a model in a process that had
+    imported torch (on an H100), or merely numpy before ``llama_cpp`` (0.3.36 on an H200), and torch imports numpy.
+    ``llmkit bench`` runs llama.cpp this way; this process imports ``llama_cpp`` before numpy.
 
     >>> bench_llamacpp_isolated("/tmp/qwen2-chat-f16.gguf", [[9707, 11]], new_tokens=8, repeats=1)  # doctest: +SKIP
     """

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,6 +182,24 @@ def test_mem_get_info_reports_the_card_from_the_moment_torch_is_imported():
     probe = "import torch; print(hasattr(torch.cuda.mem_get_info, '__wrapped__'), torch.cuda.is_initialized())"
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True False"
+
+
+def test_the_gpu_runner_tells_which_processes_the_card_emulation_reaches():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import realmode_gpu
+
+    env = card.child_env({**os.environ, card.CARD_ENV: "24"})
+    sleepers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=e)
+                for e in (env, {k: v for k, v in env.items() if k != card.CARD_ENV})]
+    try:
+        seen = [realmode_gpu.describe_process(str(p.pid)) for p in sleepers]
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+    assert seen[0].endswith("card emulation on") and seen[1].endswith("card emulation OFF")
+    assert "time.sleep(30)" in seen[0]
+    assert realmode_gpu.describe_process("999999999").startswith("not readable")
 
 
 def test_importing_gptqmodel_after_llmkit_leaves_the_hugging_face_cache_where_it_was(tmp_path):
