@@ -5,6 +5,8 @@
 #                                 NVIDIA driver runs
 #   bash setup.sh llama-cpp       also compile llama-cpp-python (notebook 07): the CUDA version where an NVIDIA driver
 #                                 and nvcc are found, else a portable CPU version (minutes: progress is shown)
+#   bash setup.sh vllm            only vLLM (notebook 08), in its own .venv-vllm with its own Jupyter kernel "llmkit-vllm"
+#                                 (requirements-vllm.txt says why it cannot share .venv); NVIDIA GPUs only
 #   bash setup.sh --torch-plan    only say which torch build would be installed and why (installs nothing but uv)
 #   bash setup.sh wheelhouse DIR  on a machine with a network: download every package into DIR (torch: PyPI's build,
 #                                 or TORCH_INDEX_URL's), for an offline machine (a SCOW compute node), where
@@ -12,7 +14,8 @@
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 bash setup.sh   a torch build of your choice
 # Exit codes: 1 an install or build failed (pip's message or the build log is shown); 2 no Python 3.11, an unknown
 # argument, or WHEELHOUSE is not a folder; 4 no torch build for this driver, TORCH_INDEX_URL did not serve the pinned
-# torch, or the wheelhouse lacks a package.
+# torch, or the wheelhouse lacks a package, or the driver is too old for vLLM's CUDA 13 build; 5 vLLM asked for where
+# no NVIDIA driver is found.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,6 +24,8 @@ uv_spec="$(grep '^uv==' requirements.txt)"
 # torch 2.13's oldest CUDA build is cu126; CUDA 12.x builds need driver >= 525.60.13 (NVIDIA's minor-version
 # compatibility table). uv's list goes further back and would fall through to a CPU build: stop first, and say so.
 oldest_cuda_driver=525.60.13
+# vLLM's PyPI wheels are built for CUDA 13 (its nvidia-cutlass-dsl[cu13] dependency), which needs driver >= 580.65.06
+oldest_cuda13_driver=580.65.06
 
 stage() {  # one progress line with the time since setup started
   printf 'setup.sh [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
@@ -41,10 +46,10 @@ older_than() {  # older_than A B: version A < version B
 }
 
 pip_install() {
-  # .venv/bin/pip install ARGS, its output shown; with a wheelhouse, a package it lacks is named in one line (exit 4)
+  # .venv/bin/pip (or $pip_bin) install ARGS, its output shown; with a wheelhouse, a package it lacks is named in one line (exit 4)
   local log missing
   log="$(mktemp)"
-  if .venv/bin/pip install "$@" 2>&1 | tee "$log"; then rm -f "$log"; return; fi
+  if "${pip_bin:-.venv/bin/pip}" install "$@" 2>&1 | tee "$log"; then rm -f "$log"; return; fi
   # pip says it one of these ways (the second when a constraints file is configured)
   missing="$(sed -n -e 's/.*No matching distribution found for \([^ ]*\).*/\1/p' \
     -e 's/.*Cannot install \([^ ]*\) because.*/\1/p' "$log" | head -n 1)"
@@ -173,6 +178,33 @@ install_llama_cpp() {
   stage "llama-cpp-python built; llama.cpp's converter in $converter"
 }
 
+install_vllm() {
+  # vLLM in .venv-vllm, a venv of its own (requirements-vllm.txt: why), with llmkit and the Jupyter kernel
+  # "llmkit-vllm" for notebook 08. Re-running reinstalls only when requirements-vllm.txt or pyproject.toml changed.
+  local driver venv=.venv-vllm wanted
+  driver="$(nvidia_driver)"
+  if [ -z "$driver" ]; then
+    echo "setup.sh: vLLM not installed: it runs only on Linux with an NVIDIA GPU, and no NVIDIA driver was found here (notebook 08 skips its vLLM sections)" >&2
+    exit 5
+  fi
+  if older_than "$driver" "$oldest_cuda13_driver"; then
+    echo "setup.sh: vLLM not installed: $(grep '^vllm==' requirements-vllm.txt) from PyPI is built for CUDA 13, which needs NVIDIA driver $oldest_cuda13_driver or newer (this one is $driver): update the driver, or use a CUDA 12 build from vLLM's own wheel index (docs.vllm.ai, installation, pre-built wheels)" >&2
+    exit 4
+  fi
+  [ -x "$venv/bin/python" ] || "$python_bin" -m venv "$venv"
+  wanted="$(cat requirements-vllm.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$venv/.llmkit-installed" 2>/dev/null)" = "$wanted" ]; then
+    stage "vLLM: $venv is up to date"
+  else
+    stage "installing requirements-vllm.txt and llmkit into $venv (a separate environment: requirements-vllm.txt says why; several GB)"
+    pip_bin="$venv/bin/pip" pip_install --progress-bar off -r requirements-vllm.txt
+    pip_bin="$venv/bin/pip" pip_install -q --no-deps -e .  # llmkit; its dependencies came with vLLM's versions
+    echo "$wanted" > "$venv/.llmkit-installed"
+  fi
+  "$venv/bin/python" -m ipykernel install --user --name llmkit-vllm --display-name "Python (llmkit + vLLM)" >/dev/null
+  stage "vLLM $("$venv/bin/python" -c 'import vllm; print(vllm.__version__)') ready in $venv: open notebook 08 with the kernel 'Python (llmkit + vLLM)'"
+}
+
 python_bin="${PYTHON:-}"
 if [ -z "$python_bin" ]; then
   for candidate in python3.11 python3; do
@@ -186,13 +218,15 @@ if [ -z "$python_bin" ]; then
   exit 2
 fi
 
-usage="use: bash setup.sh [llama-cpp] | bash setup.sh --torch-plan | bash setup.sh wheelhouse DIR"
+usage="use: bash setup.sh [llama-cpp] | bash setup.sh vllm | bash setup.sh --torch-plan | bash setup.sh wheelhouse DIR"
 with_llama_cpp=""
+with_vllm=""
 wheelhouse_out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --torch-plan) [ -x .venv/bin/python ] || "$python_bin" -m venv .venv; install_torch --dry-run; exit 0 ;;
     llama-cpp) with_llama_cpp=yes ;;
+    vllm) with_vllm=yes ;;
     wheelhouse) [ -n "${2:-}" ] || { echo "setup.sh: wheelhouse needs a folder; $usage" >&2; exit 2; }
                 wheelhouse_out="$2"; shift ;;
     *) echo "setup.sh: unknown argument '$1'; $usage" >&2; exit 2 ;;
@@ -204,6 +238,10 @@ if [ -n "${WHEELHOUSE:-}" ]; then
   [ -d "$WHEELHOUSE" ] || { echo "setup.sh: WHEELHOUSE=$WHEELHOUSE is not a folder; make one with: bash setup.sh wheelhouse DIR" >&2; exit 2; }
   WHEELHOUSE="$(cd "$WHEELHOUSE" && pwd)"
   export PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHEELHOUSE"
+fi
+if [ -n "$with_vllm" ]; then
+  install_vllm
+  exit 0
 fi
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
 if [ -n "$wheelhouse_out" ]; then

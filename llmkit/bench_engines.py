@@ -6,9 +6,9 @@ greedy tokens each, end-of-sequence ignored) and return the same ``BenchResult``
 - ``llamacpp``: llama-cpp-python's high-level ``Llama`` serves one sequence at a time, so the prompts run one
   after another; time to first token is the first prompt's. Loading the GGUF is reported as ``load_s``, and
   llama.cpp's own counters give prompt-eval and eval tokens/s.
-- ``vllm``: ``LLM.generate`` on all prompts at once. vLLM needs a CUDA GPU and is not installed in this
-  project's CI nor on its device machine (its wheel is far over what can be carried there), so this backend
-  has not been run by the project; it is the documented offline-inference call.
+- ``vllm``: ``LLM.generate`` on all prompts at once. vLLM needs a CUDA GPU and lives in its own venv
+  (``bash setup.sh vllm``: ``.venv-vllm``), so this backend runs in a llmkit started from that venv; it has not
+  been run by the project yet.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from llmkit.errors import BadInput
 
 ENGINES = {  # backend: (Python package, how to get it)
     "llamacpp": ("llama_cpp", "bash setup.sh llama-cpp (compiles llama-cpp-python; README: Quickstart)"),
-    "vllm": ("vllm", "pip install vllm on a Linux machine with a CUDA GPU (README: serving)"),
+    "vllm": ("vllm", "on a Linux machine with an NVIDIA GPU: bash setup.sh vllm, then run llmkit with "
+                     ".venv-vllm/bin/python -m llmkit.cli (README: serving)"),
 }
 ENGINE_BACKENDS = tuple(ENGINES)
 

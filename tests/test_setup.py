@@ -71,8 +71,43 @@ def test_an_unknown_setup_argument_is_one_clear_line_and_exit_2():
     result = subprocess.run(["bash", "setup.sh", "llama-cpp", "--fast"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "setup.sh: unknown argument '--fast'; use: bash setup.sh [llama-cpp] | bash setup.sh --torch-plan | "
-        "bash setup.sh wheelhouse DIR"]
+        "setup.sh: unknown argument '--fast'; use: bash setup.sh [llama-cpp] | bash setup.sh vllm | "
+        "bash setup.sh --torch-plan | bash setup.sh wheelhouse DIR"]
+
+
+def setup_vllm(driver: str, cwd: Path = ROOT, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "setup.sh", "vllm"], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "UV_CUDA_DRIVER_VERSION": driver, **env})
+
+
+@pytest.mark.skipif(Path("/proc/driver/nvidia/version").exists(), reason="this machine has an NVIDIA driver")
+def test_vllm_without_an_nvidia_driver_is_one_line_and_exit_5():
+    result = setup_vllm("")
+    assert result.returncode == 5 and not (ROOT / ".venv-vllm").exists()
+    assert result.stderr.strip().splitlines() == [
+        "setup.sh: vLLM not installed: it runs only on Linux with an NVIDIA GPU, and no NVIDIA driver was found here "
+        "(notebook 08 skips its vLLM sections)"]
+
+
+def test_vllm_with_a_driver_older_than_cuda_13_is_one_line_and_exit_4():
+    result = setup_vllm("570.86.10")
+    assert result.returncode == 4
+    assert result.stderr.strip().splitlines() == [
+        "setup.sh: vLLM not installed: vllm==0.27.1 from PyPI is built for CUDA 13, which needs NVIDIA driver 580.65.06 "
+        "or newer (this one is 570.86.10): update the driver, or use a CUDA 12 build from vLLM's own wheel index "
+        "(docs.vllm.ai, installation, pre-built wheels)"]
+
+
+def test_vllm_installs_into_its_own_venv_from_requirements_vllm(tmp_path):
+    # an empty wheelhouse: the install is tried in .venv-vllm with requirements-vllm.txt and names what is missing
+    copy, empty = course_copy(tmp_path), tmp_path / "wheels"
+    empty.mkdir()
+    result = setup_vllm("580.65.06", cwd=copy, WHEELHOUSE=str(empty), PIP_CONFIG_FILE=os.devnull)
+    assert result.returncode == 4, result.stderr
+    assert (copy / ".venv-vllm" / "bin" / "python").exists() and not (copy / ".venv").exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"setup.sh: the wheelhouse {empty} has no vllm==0.27.1; make it again on a machine with a network: "
+        "bash setup.sh wheelhouse DIR")
 
 
 def course_copy(tmp_path: Path) -> Path:
@@ -81,7 +116,8 @@ def course_copy(tmp_path: Path) -> Path:
 
     copy = tmp_path / "course"
     copy.mkdir()
-    for name in ("setup.sh", "requirements.txt", "requirements-llamacpp.txt", "pyproject.toml", "README.md"):
+    for name in ("setup.sh", "requirements.txt", "requirements-llamacpp.txt", "requirements-vllm.txt", "pyproject.toml",
+                 "README.md"):
         shutil.copy(ROOT / name, copy / name)
     shutil.copytree(ROOT / "llmkit", copy / "llmkit", ignore=shutil.ignore_patterns("__pycache__"))
     return copy
