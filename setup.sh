@@ -64,8 +64,9 @@ pip_install() {
 
 build_wheelhouse() {
   # Every package setup.sh installs, into $1: requirements.txt with torch (PyPI's build, or TORCH_INDEX_URL's),
-  # llama-cpp-python's source release and what building it needs, and the build backends of llmkit itself.
-  local dir="$1" llama_spec
+  # nvcc wheels matching that torch's CUDA, llama-cpp-python's source release and what building it needs, and the
+  # build backends of llmkit itself.
+  local dir="$1" llama_spec torch_wheel cuda
   llama_spec="$(grep '^llama-cpp-python==' requirements-llamacpp.txt)"
   mkdir -p "$dir"
   stage "downloading the course's packages into $dir (torch: ${TORCH_INDEX_URL:-the PyPI build, for driver 580 or newer; TORCH_INDEX_URL picks another})"
@@ -73,6 +74,12 @@ build_wheelhouse() {
   # offline machine could not fetch what building it needs
   .venv/bin/pip wheel --progress-bar off -w "$dir" ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
     -r requirements.txt "setuptools>=69" wheel
+  torch_wheel="$(ls "$dir"/torch-*.whl | head -n 1)"
+  cuda="$(.venv/bin/python llmkit/cuda_toolkit.py torch-cuda "$torch_wheel")"
+  if [ -n "$cuda" ] && ! .venv/bin/python llmkit/cuda_toolkit.py wheels "$cuda" | grep -q '^note:'; then
+    stage "downloading nvcc $cuda from NVIDIA's wheels (for GPU machines)"  # what install_nvcc installs there
+    .venv/bin/pip download --progress-bar off -d "$dir" $(.venv/bin/python llmkit/cuda_toolkit.py wheels "$cuda")
+  fi
   stage "downloading $llama_spec's source release and its build requirements"
   .venv/bin/pip download --progress-bar off -d "$dir" --no-binary llama-cpp-python -r requirements-llamacpp.txt
   .venv/bin/pip download --progress-bar off -d "$dir" "scikit-build-core[pyproject]>=0.9.2" cmake ninja
@@ -117,6 +124,21 @@ install_torch() {
       echo "setup.sh: uv installed a CPU-only torch for driver $driver; removed it. Pick a build with TORCH_INDEX_URL" >&2
       exit 4; }
   fi
+}
+
+install_nvcc() {
+  # gptqmodel compiles its Marlin GPTQ kernels with the nvcc under CUDA_HOME, whose CUDA major must match torch's.
+  # From CUDA 13 on NVIDIA publishes nvcc as PyPI wheels: install them for torch's CUDA version and arrange them as
+  # .venv/cuda, which `import llmkit` makes CUDA_HOME unless it is set (llmkit/cuda_toolkit.py). CPU torch: nothing.
+  local cuda specs
+  cuda="$(.venv/bin/python -c 'import torch; print(torch.version.cuda or "")')"
+  [ -n "$cuda" ] || return 0
+  specs="$(.venv/bin/python llmkit/cuda_toolkit.py wheels "$cuda")"
+  case "$specs" in note:*) stage "$specs"; return 0 ;; esac
+  stage "installing nvcc $cuda from NVIDIA's wheels for gptqmodel's GPTQ kernels (about 100 MB)"
+  pip_install -q $specs
+  .venv/bin/python llmkit/cuda_toolkit.py link >/dev/null
+  stage "nvcc $(.venv/cuda/bin/nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p') in .venv/cuda: import llmkit sets CUDA_HOME to it unless CUDA_HOME is set"
 }
 
 nvcc_path() {  # nvcc on PATH, else under CUDA_HOME or /usr/local/cuda; empty without one
@@ -255,6 +277,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   install_torch
   stage "installing requirements.txt and llmkit (about 2 minutes)"
   pip_install --progress-bar off -r requirements.txt -e .
+  install_nvcc
   echo "$wanted" > "$stamp"
 fi
 

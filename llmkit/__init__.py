@@ -10,8 +10,10 @@ from llmkit.hub import download, locate, pin_hf_home
 pin_hf_home()  # before anything imports gptqmodel, whose tokenicer would move the Hugging Face cache to /tmp
 
 from llmkit.env import quiet_torchao_on_cpu_torch  # noqa: E402
+from llmkit.cuda_toolkit import use_venv_toolkit  # noqa: E402
 
 quiet_torchao_on_cpu_torch()
+use_venv_toolkit()  # nvcc from NVIDIA's wheels for gptqmodel's kernel builds, where setup.sh installed them
 
 from llmkit.doctor import doctor  # noqa: E402  (after pin_hf_home)
 from llmkit.memory import estimate  # noqa: E402

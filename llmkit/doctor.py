@@ -174,11 +174,13 @@ def check_toolkit(facts: dict) -> list[Row]:
     elif not _collected(nvcc) and str(facts.get("gptq_gpu_kernel")).startswith("OK"):
         rows.append(Row("nvcc", "not found", OK, "the GPTQ GPU kernels are already built on this machine"))
     elif not _collected(nvcc):
-        rows.append(Row("nvcc", "not found", WARN, f"{why}: install the CUDA {build} toolkit's nvcc and set CUDA_HOME "
-                                                   "to it (llama-cpp-python's CUDA build needs it too)"))
+        rows.append(Row("nvcc", "not found", WARN, f"{why}: rerun bash setup.sh (on a machine with an NVIDIA driver it "
+                                                   f"installs NVIDIA's nvcc {build} wheels into the venv), or set CUDA_HOME "
+                                                   f"to a CUDA {build} toolkit"))
     elif build and _version_tuple(nvcc)[0] != _version_tuple(build)[0]:
         rows.append(Row("nvcc", nvcc, WARN, f"nvcc {nvcc} vs torch CUDA {build}: {why}, and this nvcc cannot build "
-                                              f"them for torch's CUDA; install the CUDA {build} toolkit's nvcc"))
+                                              f"them for torch's CUDA; unset CUDA_HOME to use the venv's nvcc from "
+                                              f"bash setup.sh, or point it at a CUDA {build} toolkit"))
     else:
         rows.append(Row("nvcc", nvcc, OK, f"matches torch's CUDA {build}: GPTQ kernels compile on first use (minutes)"
                         if build else ""))

@@ -101,12 +101,13 @@ def torch_facts() -> dict:
 
 @probe
 def nvcc_version() -> str | None:
-    """The CUDA toolkit release of ``nvcc`` on PATH (or $CUDA_HOME/bin), e.g. "13.0"; None when absent.
+    """The CUDA toolkit release of the nvcc that torch's extension builds use: ``$CUDA_HOME/bin/nvcc`` (or
+    ``$CUDA_PATH``'s), else ``nvcc`` on PATH; e.g. "13.0", None when absent.
 
     >>> nvcc_version() in (None, "could not collect") or "." in nvcc_version()
     True
     """
-    candidates = ["nvcc"] + [str(Path(os.environ[v]) / "bin" / "nvcc") for v in ("CUDA_HOME", "CUDA_PATH") if v in os.environ]
+    candidates = [str(Path(os.environ[v]) / "bin" / "nvcc") for v in ("CUDA_HOME", "CUDA_PATH") if v in os.environ] + ["nvcc"]
     for cmd in candidates:
         out = _run([cmd, "--version"]) if shutil.which(cmd) else None
         if out and (match := re.search(r"release\s+([\d.]+)", out)):
