@@ -1,0 +1,83 @@
+"""Time and disk of a full run of the README's test command, from a `.ci/run` log and the folders it filled.
+
+Run `.ci/run` on a fresh clone with an empty HOME, then:
+
+    python benchmarks/ci_footprint.py --log ci.log --checkout /tmp/ci-check --home /tmp/ci-home \
+        --out benchmarks/results/ci_footprint_2core.json
+
+The README's "Disk used by a full run" and "Time on a 2-core machine" sentences are made from this file
+(`readme_sentence`), and a test keeps them equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+GB = 1e9
+
+
+def stage_seconds(log: str) -> dict[str, int]:
+    """Seconds per stage of the test command, from `.ci/run`'s "::: stage took N s: STAGE" lines, plus "all".
+
+    >>> stage_seconds("::: stage took 362 s: bash setup.sh llama-cpp\\n::: all stages took 1593 s\\n")
+    {'bash setup.sh llama-cpp': 362, 'all': 1593}
+    """
+    stages = {m.group(2): int(m.group(1)) for m in re.finditer(r"^::: stage took (\d+) s: (.+)$", log, re.MULTILINE)}
+    if total := re.search(r"^::: all stages took (\d+) s$", log, re.MULTILINE):
+        stages["all"] = int(total.group(1))
+    return stages
+
+
+def folder_gb(path: Path) -> float:
+    """Disk used by ``path`` (``du``), in GB (10^9 bytes), one decimal."""
+    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True).stdout
+    return round(int(out.split()[0]) / GB, 1)
+
+
+def readme_sentence(result: dict) -> str:
+    """The README's sentence on disk and time, from a result of this script.
+
+    >>> readme_sentence({"disk_gb": {"checkout_with_venv": 2.3, "llmkit_home": 6.0, "llamafactory_venv": 5.9},
+    ...                  "minutes": {"all": 26.6, "setup": 6.0, "tests": 11.3, "notebooks": 9.3}})
+    'the checkout with its `.venv` 2.3 GB, and `~/.cache/llmkit` 6.0 GB, of which 5.9 GB is the LLaMA-Factory venv that notebook 06 creates (`LLMKIT_HOME` moves it). Time on a 2-core machine: about 27 minutes (setup 6, tests 11, notebooks 9).'
+    """
+    disk, minutes = result["disk_gb"], result["minutes"]
+    return (f"the checkout with its `.venv` {disk['checkout_with_venv']} GB, and `~/.cache/llmkit` {disk['llmkit_home']} GB, "
+            f"of which {disk['llamafactory_venv']} GB is the LLaMA-Factory venv that notebook 06 creates (`LLMKIT_HOME` "
+            f"moves it). Time on a 2-core machine: about {round(minutes['all'])} minutes (setup {round(minutes['setup'])}, "
+            f"tests {round(minutes['tests'])}, notebooks {round(minutes['notebooks'])}).")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--log", type=Path, required=True, help="the output of .ci/run")
+    parser.add_argument("--checkout", type=Path, required=True, help="the clone .ci/run ran in")
+    parser.add_argument("--home", type=Path, required=True, help="the HOME it ran with")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    stages = stage_seconds(args.log.read_text())
+    by_kind = {"setup": next(s for k, s in stages.items() if k.startswith("bash setup.sh")),
+               "tests": next(s for k, s in stages.items() if k.endswith("pytest tests")),
+               "notebooks": next(s for k, s in stages.items() if "--nbval" in k), "all": stages["all"]}
+    home = args.home / ".cache" / "llmkit"
+    commit = subprocess.run(["git", "-C", str(args.checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    result = {"what": "the README's test command run by .ci/run on a fresh clone with an empty HOME",
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": None},
+              "date": datetime.date.today().isoformat(), "commit": commit, "stage_seconds": stages,
+              "minutes": {k: round(v / 60, 1) for k, v in by_kind.items()},
+              "disk_gb": {"checkout_with_venv": folder_gb(args.checkout), "llmkit_home": folder_gb(home),
+                          "llamafactory_venv": folder_gb(home / "venv-llamafactory")}}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(readme_sentence(result))
+
+
+if __name__ == "__main__":
+    main()
