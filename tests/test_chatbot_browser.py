@@ -121,7 +121,7 @@ def test_the_server_listens_on_127_0_0_1_only_by_default(tmp_path, chat_dir):
             assert not healthy(other, port), f"reachable through {other}"
     log = (tmp_path / "server.log").read_text()
     assert f"--server.address 127.0.0.1 --server.port {port}" in log
-    assert f"ssh -CNg -L {port}:127.0.0.1:{port} root@<host> -p <ssh-port>" in log  # the port-forwarding hint
+    assert f"ssh -CN -L {port}:127.0.0.1:{port} root@<host> -p <ssh-port>" in log  # the port-forwarding hint
 
 
 def test_the_host_option_is_honoured(tmp_path, chat_dir):

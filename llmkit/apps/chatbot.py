@@ -190,11 +190,11 @@ def forwarding_hint(host: str, port: int) -> str:
 
     >>> print(forwarding_hint("127.0.0.1", 8501))
     Open http://127.0.0.1:8501 in a browser on this machine. From your laptop, forward the port first:
-      AutoDL: ssh -CNg -L 8501:127.0.0.1:8501 root@<host> -p <ssh-port>
+      AutoDL: ssh -CN -L 8501:127.0.0.1:8501 root@<host> -p <ssh-port>
     ...
     """
     lines = [f"Open {page_url(host, port)} in a browser on this machine. From your laptop, forward the port first:",
-             f"  AutoDL: ssh -CNg -L {port}:127.0.0.1:{port} root@<host> -p <ssh-port>",
+             f"  AutoDL: ssh -CN -L {port}:127.0.0.1:{port} root@<host> -p <ssh-port>",
              f"  SCOW:   ssh -CN -J <user>@<login-node> -L {port}:127.0.0.1:{port} <user>@<compute-node>",
              f"then open http://127.0.0.1:{port} on the laptop (Ctrl-C here stops the app)."]
     if host in ("0.0.0.0", "::", ""):
