@@ -10,6 +10,7 @@ supported, fp16 otherwise).
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -259,15 +260,33 @@ def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", 
         check_fits(total_gib, model, max_memory)
     config = xverse or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     as_llama = {"config": xverse} if xverse else {}
+    dtype_reason = "as given"
     if dtype == "auto":
-        dtype, _reason = choose_dtype(config, cuda, cuda and torch.cuda.is_bf16_supported())
+        dtype, dtype_reason = choose_dtype(config, cuda, cuda and torch.cuda.is_bf16_supported())
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **as_llama)
     tokenizer = with_xverse_chat_template(tokenizer) if xverse else tokenizer
     capability = torch.cuda.get_device_capability() if cuda else None
     gptq = gptq_backend_config(config, cuda, capability, gptq_backend)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, device_map=device_map if cuda else None, max_memory=max_memory if cuda else None,
-        trust_remote_code=trust_remote_code, use_safetensors=safetensors or None, **as_llama,
-        **({"quantization_config": gptq} if gptq else {}),
-    )
-    return loaded, tokenizer
+    arguments = {"dtype": dtype, "device_map": device_map if cuda else None, "max_memory": max_memory if cuda else None,
+                 "trust_remote_code": trust_remote_code, "use_safetensors": safetensors or None, **as_llama,
+                 **({"quantization_config": gptq} if gptq else {})}
+    print(f"[llmkit] {from_pretrained_call(path, arguments)}  # dtype: {dtype_reason}", file=sys.stderr)
+    return AutoModelForCausalLM.from_pretrained(path, **arguments), tokenizer
+
+
+def from_pretrained_call(path, arguments: dict) -> str:
+    """The ``from_pretrained`` call ``load`` makes, as Python a learner could type (arguments left at their
+    defaults are not shown).
+
+    >>> from_pretrained_call("/m/Qwen2-7B-Instruct", {"dtype": torch.bfloat16, "device_map": "auto", "max_memory": None})
+    "AutoModelForCausalLM.from_pretrained('/m/Qwen2-7B-Instruct', dtype=torch.bfloat16, device_map='auto')"
+    """
+    def shown(value) -> str:
+        if isinstance(value, torch.dtype):
+            return str(value)
+        if hasattr(value, "to_dict") and not isinstance(value, dict):  # a config object
+            return f"{type(value).__name__}(...)"
+        return repr(value)
+
+    given = ", ".join(f"{key}={shown(value)}" for key, value in arguments.items() if value not in (None, False))
+    return f"AutoModelForCausalLM.from_pretrained({str(path)!r}, {given})"

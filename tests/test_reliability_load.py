@@ -60,12 +60,15 @@ def edit_config(folder: Path, **changes) -> None:
 
 
 def chat_cli(capsys, *args) -> tuple[int, str, list[str]]:
-    """``llmkit chat ARGS`` in this process: (exit code, stdout, stderr lines but transformers' progress bar)."""
+    """``llmkit chat ARGS`` in this process: (exit code, stdout, stderr lines but transformers' progress bar and
+    llmkit.load's line naming the from_pretrained call it makes)."""
     capsys.readouterr()  # drop what came before
     code = main(["chat", *args])
     captured = capsys.readouterr()
-    return code, captured.out, [line for line in captured.err.strip().splitlines()
-                                if not line.startswith("Loading weights")]
+    lines = captured.err.strip().splitlines()
+    assert sum(line.startswith("[llmkit] AutoModelForCausalLM.from_pretrained(") for line in lines) <= 1
+    return code, captured.out, [line for line in lines
+                                if line.strip() and not line.startswith(("Loading weights", "[llmkit] AutoModelForCausalLM"))]
 
 
 def must_not_run(*args, **kwargs):
