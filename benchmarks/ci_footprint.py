@@ -5,8 +5,8 @@ Run `.ci/run` on a fresh clone with an empty HOME, then:
     python benchmarks/ci_footprint.py --log ci.log --checkout /tmp/ci-check --home /tmp/ci-home \
         --out benchmarks/results/ci_footprint_2core.json
 
-The README's "Disk used by a full run" and "Time on a 2-core machine" sentences are made from this file
-(`readme_sentence`), and a test keeps them equal.
+The README's sentences on disk and time of a full run are made from this file (`readme_sentences`), and a test
+keeps them equal.
 """
 
 from __future__ import annotations
@@ -41,18 +41,25 @@ def folder_gb(path: Path) -> float:
     return round(int(out.split()[0]) / GB, 1)
 
 
-def readme_sentence(result: dict) -> str:
-    """The README's sentence on disk and time, from a result of this script.
+def readme_sentences(result: dict) -> tuple[str, str]:
+    """The README's sentences on disk and time (English, Chinese), from a result of this script.
 
-    >>> readme_sentence({"disk_gb": {"checkout_with_venv": 2.3, "llmkit_home": 6.0, "llamafactory_venv": 5.9},
-    ...                  "minutes": {"all": 26.6, "setup": 6.0, "tests": 11.3, "notebooks": 9.3}})
-    'the checkout with its `.venv` 2.3 GB, and `~/.cache/llmkit` 6.0 GB, of which 5.9 GB is the LLaMA-Factory venv that notebook 06 creates (`LLMKIT_HOME` moves it). Time on a 2-core machine: about 27 minutes (setup 6, tests 11, notebooks 9).'
+    >>> en, zh = readme_sentences({"disk_gb": {"checkout_with_venv": 2.3, "llmkit_home": 6.0, "llamafactory_venv": 5.9},
+    ...                            "minutes": {"all": 26.6, "setup": 6.0, "tests": 11.3, "notebooks": 9.3}})
+    >>> en
+    'Disk used by a full run (a fresh clone, an empty HOME): the checkout with its `.venv` 2.3 GB, and `~/.cache/llmkit` 6.0 GB, of which 5.9 GB is the LLaMA-Factory venv that notebook 06 creates (`LLMKIT_HOME` moves it). Time on a 2-core machine: about 27 minutes (setup 6, tests 11, notebooks 9).'
+    >>> zh
+    '完整运行一次占用的磁盘（全新克隆、空的 HOME）：仓库和 `.venv` 2.3 GB，`~/.cache/llmkit` 6.0 GB，其中 5.9 GB 是第 06 课创建的 LLaMA-Factory 虚拟环境（`LLMKIT_HOME` 可以把它移到别处）。在 2 核机器上约 27 分钟（安装 6、测试 11、笔记本 9）。'
     """
-    disk, minutes = result["disk_gb"], result["minutes"]
-    return (f"the checkout with its `.venv` {disk['checkout_with_venv']} GB, and `~/.cache/llmkit` {disk['llmkit_home']} GB, "
-            f"of which {disk['llamafactory_venv']} GB is the LLaMA-Factory venv that notebook 06 creates (`LLMKIT_HOME` "
-            f"moves it). Time on a 2-core machine: about {round(minutes['all'])} minutes (setup {round(minutes['setup'])}, "
-            f"tests {round(minutes['tests'])}, notebooks {round(minutes['notebooks'])}).")
+    disk, m = result["disk_gb"], {k: round(v) for k, v in result["minutes"].items()}
+    en = (f"Disk used by a full run (a fresh clone, an empty HOME): the checkout with its `.venv` {disk['checkout_with_venv']} GB, "
+          f"and `~/.cache/llmkit` {disk['llmkit_home']} GB, of which {disk['llamafactory_venv']} GB is the LLaMA-Factory venv "
+          f"that notebook 06 creates (`LLMKIT_HOME` moves it). Time on a 2-core machine: about {m['all']} minutes "
+          f"(setup {m['setup']}, tests {m['tests']}, notebooks {m['notebooks']}).")
+    zh = (f"完整运行一次占用的磁盘（全新克隆、空的 HOME）：仓库和 `.venv` {disk['checkout_with_venv']} GB，`~/.cache/llmkit` "
+          f"{disk['llmkit_home']} GB，其中 {disk['llamafactory_venv']} GB 是第 06 课创建的 LLaMA-Factory 虚拟环境（`LLMKIT_HOME` "
+          f"可以把它移到别处）。在 2 核机器上约 {m['all']} 分钟（安装 {m['setup']}、测试 {m['tests']}、笔记本 {m['notebooks']}）。")
+    return en, zh
 
 
 def main() -> None:
@@ -76,7 +83,7 @@ def main() -> None:
               "disk_gb": {"checkout_with_venv": folder_gb(args.checkout), "llmkit_home": folder_gb(home),
                           "llamafactory_venv": folder_gb(home / "venv-llamafactory")}}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(readme_sentence(result))
+    print(*readme_sentences(result), sep="\n")
 
 
 if __name__ == "__main__":

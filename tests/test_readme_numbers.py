@@ -51,3 +51,16 @@ def test_real_mode_table_is_made_from_the_result_files():
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- realmode-table -->\n")[1].split("\n<!-- /realmode-table -->")[0]
     assert block == realmode_gpu.readme_table()
+
+
+
+def test_disk_and_time_of_a_full_run_come_from_the_result_file():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ci_footprint
+
+    result = json.loads((ROOT / "benchmarks" / "results" / "ci_footprint_2core.json").read_text())
+    readme = (ROOT / "README.md").read_text().splitlines()
+    for sentence in ci_footprint.readme_sentences(result):  # English and Chinese, each on a line of its own
+        assert sentence in readme
