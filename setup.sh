@@ -66,7 +66,7 @@ build_wheelhouse() {
   # Every package setup.sh installs, into $1: requirements.txt with torch (PyPI's build, or TORCH_INDEX_URL's),
   # nvcc wheels matching that torch's CUDA, llama-cpp-python's source release and what building it needs, and the
   # build backends of llmkit itself.
-  local dir="$1" llama_spec torch_wheel cuda
+  local dir="$1" llama_spec torch_wheel cuda specs
   llama_spec="$(grep '^llama-cpp-python==' requirements-llamacpp.txt)"
   mkdir -p "$dir"
   stage "downloading the course's packages into $dir (torch: ${TORCH_INDEX_URL:-the PyPI build, for driver 580 or newer; TORCH_INDEX_URL picks another})"
@@ -76,10 +76,12 @@ build_wheelhouse() {
     -r requirements.txt "setuptools>=69" wheel
   torch_wheel="$(ls "$dir"/torch-*.whl | head -n 1)"
   cuda="$(.venv/bin/python llmkit/cuda_toolkit.py torch-cuda "$torch_wheel")"
-  if [ -n "$cuda" ] && ! .venv/bin/python llmkit/cuda_toolkit.py wheels "$cuda" | grep -q '^note:'; then
-    stage "downloading nvcc $cuda from NVIDIA's wheels (for GPU machines)"  # what install_nvcc installs there
-    .venv/bin/pip download --progress-bar off -d "$dir" $(.venv/bin/python llmkit/cuda_toolkit.py wheels "$cuda")
-  fi
+  specs="$([ -z "$cuda" ] || .venv/bin/python llmkit/cuda_toolkit.py wheels "$cuda")"
+  case "$specs" in
+    ""|note:*) ;;  # a CPU torch, or a CUDA without nvcc wheels
+    *) stage "downloading nvcc $cuda from NVIDIA's wheels (for GPU machines)"  # what install_nvcc installs there
+       .venv/bin/pip download --progress-bar off -d "$dir" $specs ;;
+  esac
   stage "downloading $llama_spec's source release and its build requirements"
   .venv/bin/pip download --progress-bar off -d "$dir" --no-binary llama-cpp-python -r requirements-llamacpp.txt
   .venv/bin/pip download --progress-bar off -d "$dir" "scikit-build-core[pyproject]>=0.9.2" cmake ninja
