@@ -112,24 +112,32 @@ def install_import_hook() -> None:
 
 
 class _CapWhenTorchLoads(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: when torch is imported, runs torch's own loader, then queues the cap for CUDA's start."""
+    """Finds nothing itself: wraps the loader of torch's spec so that, when torch is imported, torch's own loader
+    runs and then the cap is queued for CUDA's start. It stays in place until torch is really loaded: a mere look-up
+    (``importlib.util.find_spec("torch")``, as transformers' ``is_torch_available`` does) must not use it up."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "torch":
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("torch")
-        if spec is not None and spec.loader is not None:
-            exec_module = spec.loader.exec_module
+        spec = None
+        for finder in (f for f in sys.meta_path if f is not self and hasattr(f, "find_spec")):
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
 
-            def exec_and_queue(module):
-                exec_module(module)
-                # now, not when CUDA starts: the first mem_get_info call may be what starts CUDA (transformers'
-                # continuous batching sizes its cache with it), and that call would see the whole GPU
-                _emulate_mem_get_info(module)
-                module.cuda._lazy_call(lambda: _cap(module))  # runs once CUDA is initialised, or now if it is
+        def exec_and_queue(module):
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            exec_module(module)
+            # now, not when CUDA starts: the first mem_get_info call may be what starts CUDA (transformers'
+            # continuous batching sizes its cache with it), and that call would see the whole GPU
+            _emulate_mem_get_info(module)
+            module.cuda._lazy_call(lambda: _cap(module))  # runs once CUDA is initialised, or now if it is
 
-            spec.loader.exec_module = exec_and_queue
+        spec.loader.exec_module = exec_and_queue
         return spec
 
 

@@ -176,10 +176,13 @@ def test_python_processes_started_with_child_env_queue_the_cap_for_cuda_start(mo
     assert with_hook.stdout.strip() == "True" and without.stdout.strip() == "False"
 
 
-def test_mem_get_info_reports_the_card_from_the_moment_torch_is_imported():
-    # its first call may be the one that starts CUDA (transformers' continuous batching sizes its cache with it)
+@pytest.mark.parametrize("looked_up_first", [False, True])
+def test_mem_get_info_reports_the_card_from_the_moment_torch_is_imported(looked_up_first):
+    # its first call may be the one that starts CUDA (transformers' continuous batching sizes its cache with it);
+    # `transformers serve` looks torch up (importlib.util.find_spec, as is_torch_available does) before importing it
     env = card.child_env({**os.environ, card.CARD_ENV: "24"})
-    probe = "import torch; print(hasattr(torch.cuda.mem_get_info, '__wrapped__'), torch.cuda.is_initialized())"
+    probe = ("import importlib.util; importlib.util.find_spec('torch'); " if looked_up_first else "") + \
+        "import torch; print(hasattr(torch.cuda.mem_get_info, '__wrapped__'), torch.cuda.is_initialized())"
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True False"
 
