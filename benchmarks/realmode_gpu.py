@@ -4,8 +4,9 @@ The real model ids resolve to full-shape random-weight checkpoints (``llmkit reh
 ``LLMKIT_CARD_GB`` makes the GPU behave as a 24 / 40 / 80 GB card (``llmkit.card``). Each notebook is executed
 top to bottom with nbclient (the engine nbval drives): a cell fails exactly when nbval would fail it (it raised).
 Recorded per notebook: cells passed / failed (with the error) / skipped by the notebook (cells that print a line
-starting with ``[skipped]``, with that line), peak GPU memory of all processes (nvidia-smi every 0.25 s, with the
-per-process lines at the peak; ``over_card`` when the peak is over the emulated card, which makes the run invalid
+starting with ``[skipped]``, with that line), peak GPU memory of the run's processes (the kernel and what it
+starts; nvidia-smi every 0.25 s, with the per-process lines at the peak; so runs in separate --out folders can share
+the GPU; ``over_card`` when the peak is over the emulated card, which makes the run invalid
 for that size), disk written, wall time; the executed notebooks are kept (``--keep``) for reading.
 
     python benchmarks/realmode_gpu.py --cards 24 80 --notebooks 00 02 05 --out $OUT
@@ -14,12 +15,14 @@ for that size), disk written, wall time; the executed notebooks are kept (``--ke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -30,27 +33,29 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_MARK = "[skipped]"
+RUN_TAG_ENV = "LLMKIT_REALMODE_RUN"  # marks the processes of one notebook run
 
 
 class PeakGpuMemory:
-    """Polls nvidia-smi's memory.used (all processes, all GPUs summed) in a thread; ``peak_gib`` after ``stop``, and
-    ``peak_processes``: nvidia-smi's per-process lines (pid, name, MiB) at the peak, to tell which process it was."""
+    """Polls nvidia-smi's per-process memory in a thread and keeps the peak of the sum over this run's processes
+    (those whose environment has ``RUN_TAG_ENV=tag``: the kernel and everything it starts), so notebooks can run side
+    by side on one GPU; ``peak_gib`` after ``stop``, and ``peak_processes``: the per-process lines at the peak."""
 
-    def __init__(self, every_s: float = 0.25):
-        self.every_s, self.peak_mib, self.peak_processes, self._stop = every_s, 0, [], threading.Event()
+    def __init__(self, tag: str, every_s: float = 0.25):
+        self.tag, self.every_s, self.peak_mib, self.peak_processes = tag.encode(), every_s, 0, []
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self):
         while not self._stop.is_set():
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True).stdout
-            used = sum(int(x) for x in out.split() if x.isdigit())
+            lines = subprocess.run(
+                ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True).stdout.strip().splitlines()
+            ours = [line for line in lines if _environ(_pid(line)).get(RUN_TAG_ENV.encode()) == self.tag]
+            used = sum(int(line.rsplit(",", 1)[1]) for line in ours)
             if used > self.peak_mib:
                 self.peak_mib = used
-                lines = subprocess.run(
-                    ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader"],
-                    capture_output=True, text=True).stdout.strip().splitlines()
-                self.peak_processes = [f"{line}; {describe_process(line.split(',')[0].strip())}" for line in lines]
+                self.peak_processes = [f"{line} MiB; {describe_process(_pid(line))}" for line in ours]
             self._stop.wait(self.every_s)
 
     def __enter__(self):
@@ -66,14 +71,26 @@ class PeakGpuMemory:
         return round(self.peak_mib / 1024, 2)
 
 
+def _pid(smi_line: str) -> str:
+    return smi_line.split(",")[0].strip()
+
+
+def _environ(pid: str) -> dict:
+    """A process's environment read from /proc (empty when it cannot be read)."""
+    try:
+        return dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+    except OSError:
+        return {}
+
+
 def describe_process(pid: str) -> str:
     """A GPU process's command line and whether the card emulation reaches it (``LLMKIT_CARD_GB`` and the
     ``card_hook`` on its ``PYTHONPATH``), read from /proc; says so when it cannot be read."""
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
     except OSError as error:
         return f"not readable ({error.strerror})"
+    environ = _environ(pid)
     hooked = b"LLMKIT_CARD_GB" in environ and b"card_hook" in environ.get(b"PYTHONPATH", b"")
     return f"{b' '.join(command[:4]).decode(errors='replace')[:160]}; card emulation {'on' if hooked else 'OFF'}"
 
@@ -97,20 +114,21 @@ def cell_report(nb) -> dict:
             "failures": failures, "skips": skips}
 
 
-def run_notebook(path: Path, card: int, keep: Path, timeout_s: int) -> dict:
+def run_notebook(path: Path, card: int, keep: Path, timeout_s: int, notebook_timeout_s: int) -> dict:
     env_before = dict(os.environ)
+    tag = f"{path.stem}_{card}gb_{os.getpid()}"
     os.environ.update({"LLMKIT_STANDIN": "0", "LLMKIT_CARD_GB": str(card), "HF_HUB_OFFLINE": "1",
-                       "TQDM_DISABLE": "1"})
+                       "TQDM_DISABLE": "1", RUN_TAG_ENV: tag})
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(path.parent)}})
     disk_before = shutil.disk_usage("/").used
     started = time.perf_counter()
     error = None
-    with PeakGpuMemory() as gpu:
+    with PeakGpuMemory(tag) as gpu, _time_limit(notebook_timeout_s):
         try:
             client.execute()
-        except Exception as exc:  # a cell timeout or a dead kernel: recorded, the next notebook still runs
+        except Exception as exc:  # a cell timeout, a dead kernel, the notebook's time limit: recorded
             error = f"{type(exc).__name__}: {exc}"[:600]
     wall = time.perf_counter() - started
     os.environ.clear()
@@ -124,6 +142,25 @@ def run_notebook(path: Path, card: int, keep: Path, timeout_s: int) -> dict:
             "peak_processes": gpu.peak_processes,
             "disk_written_gib": round((shutil.disk_usage("/").used - disk_before) / 2**30, 2),
             "wall_s": round(wall, 1)}
+
+
+class NotebookTimeLimit(Exception):
+    """The notebook ran past ``--notebook-timeout``; the cells done so far are still reported."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int):
+    """Raise NotebookTimeLimit in the main thread after ``seconds`` (SIGALRM), so a long notebook still reports."""
+    def stop(signum, frame):
+        raise NotebookTimeLimit(f"stopped after {seconds} s (--notebook-timeout)")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def machine() -> dict:
@@ -182,6 +219,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--keep", type=Path, default=Path("/tmp/realmode_notebooks"), help="executed notebooks")
     parser.add_argument("--cell-timeout", type=int, default=400)
+    parser.add_argument("--notebook-timeout", type=int, default=540, help="stop a notebook after this many seconds")
     parser.add_argument("--deadline-s", type=float, default=540, help="start no notebook after this many seconds")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -198,7 +236,7 @@ def main() -> None:
                 continue
             path = next((ROOT / "notebooks").glob(f"{number}_*.ipynb"))
             print(f"--- {path.name} at {card} GB", flush=True)
-            report = run_notebook(path, card, args.keep, args.cell_timeout)
+            report = run_notebook(path, card, args.keep, args.cell_timeout, args.notebook_timeout)
             result["notebooks"][path.stem] = {**report, "date": datetime.date.today().isoformat(),
                                               "commit": code_version()}
             print(json.dumps({k: v for k, v in report.items() if k != "skips"}, ensure_ascii=False), flush=True)

@@ -1,0 +1,75 @@
+"""Which imports and settings make llama-cpp-python's CUDA build crash when it loads a model (notebook 07 on the
+GPU machine: a segmentation fault in libggml-cuda). Each variant runs in its own process: it imports what the
+variant names, loads the GGUF with all layers on the GPU and generates 4 tokens; the exit code and the last
+lines of a fault are recorded in JSON.
+
+    python benchmarks/llamacpp_crash_probe.py model-f16.gguf --out $OUT/llamacpp_crash_probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+LOAD = ("llm = llama_cpp.Llama(model_path={path!r}, n_ctx=512, n_gpu_layers={layers}, flash_attn={flash}, "
+        "use_mmap={mmap}, verbose=False); print(llm('Hi', max_tokens=4)['choices'][0]['text'] is not None)")
+NOTEBOOK_07_IMPORTS = "import matplotlib.pyplot; import llmkit; from llmkit import gguf; llmkit.pick_model('Qwen/Qwen2-7B-Instruct')"
+# name: (imports before the load, extra environment, load settings)
+VARIANTS = {
+    "llama_cpp only": ("import llama_cpp", {}, {}),
+    "llama_cpp, then numpy": ("import llama_cpp; import numpy", {}, {}),
+    "numpy, then llama_cpp": ("import numpy; import llama_cpp", {}, {}),
+    "llama_cpp, then numpy; GGML_CUDA_NO_PINNED=1": ("import llama_cpp; import numpy", {"GGML_CUDA_NO_PINNED": "1"}, {}),
+    "llama_cpp, then numpy; n_gpu_layers=0": ("import llama_cpp; import numpy", {}, {"layers": 0}),
+    "llama_cpp, then numpy; use_mmap=False": ("import llama_cpp; import numpy", {}, {"mmap": False}),
+    "llama_cpp, then numpy; GGML_CUDA_DISABLE_GRAPHS=1": ("import llama_cpp; import numpy", {"GGML_CUDA_DISABLE_GRAPHS": "1"}, {}),
+    "llama_cpp, then numpy; OMP_NUM_THREADS=1": ("import llama_cpp; import numpy", {"OMP_NUM_THREADS": "1"}, {}),
+    "notebook 07's imports": (f"import llama_cpp; {NOTEBOOK_07_IMPORTS}", {}, {}),
+    "notebook 07's imports; GGML_CUDA_NO_PINNED=1": (f"import llama_cpp; {NOTEBOOK_07_IMPORTS}", {"GGML_CUDA_NO_PINNED": "1"}, {}),
+}
+
+
+def run_variant(gguf: Path, imports: str, env: dict, settings: dict, timeout_s: int = 120) -> dict:
+    load = LOAD.format(path=str(gguf), **{"layers": -1, "flash": True, "mmap": True, **settings})
+    done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", f"{imports}; {load}"], capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=timeout_s)
+    return {"exit_code": done.returncode, "ok": done.returncode == 0 and done.stdout.strip().endswith("True"),
+            "stderr_tail": done.stderr.strip().splitlines()[-6:]}
+
+
+def backtrace(gguf: Path, imports: str) -> list[str]:
+    """gdb's backtrace of the crashing variant, where gdb is installed."""
+    if shutil.which("gdb") is None:
+        return ["gdb is not installed"]
+    load = LOAD.format(path=str(gguf), layers=-1, flash=True, mmap=True)
+    done = subprocess.run(["gdb", "-batch", "-ex", "run", "-ex", "bt 25", "--args", sys.executable, "-c",
+                           f"{imports}; {load}"], capture_output=True, text=True, timeout=180)
+    return [line for line in done.stdout.splitlines() if line.startswith("#")][:25]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("gguf", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    import llama_cpp
+
+    results = {}
+    for name, (imports, env, settings) in VARIANTS.items():
+        results[name] = run_variant(args.gguf, imports, env, settings)
+        print(f"{name:55s} exit {results[name]['exit_code']}", flush=True)
+    crashing = next((VARIANTS[n][0] for n, r in results.items() if not r["ok"]), None)
+    args.out.write_text(json.dumps({
+        "date": datetime.date.today().isoformat(), "llama_cpp_python": llama_cpp.__version__,
+        "gguf": args.gguf.name, "variants": results,
+        "backtrace_of_first_crash": backtrace(args.gguf, crashing) if crashing else []}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
