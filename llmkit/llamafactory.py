@@ -225,7 +225,7 @@ def run_cli(action: str, config: str | Path, venv: str | Path | None = None, ove
     ``train`` is guarded by LLaMA-Factory itself (``overwrite_output_dir: false``).
 
     >>> run_cli("train", "/tmp/lf-configs/train.yaml")  # doctest: +SKIP
-    {'action': 'train', 'seconds': 41.2, 'log': '/tmp/lf-configs/train.yaml.log'}
+    {'action': 'train', 'command': 'llamafactory-cli train /tmp/lf-configs/train.yaml', 'seconds': 41.2, 'log': '/tmp/lf-configs/train.yaml.log'}
     """
     import yaml
 
@@ -238,7 +238,8 @@ def run_cli(action: str, config: str | Path, venv: str | Path | None = None, ove
     log = config.with_name(config.name + ".log")
     start = time.perf_counter()
     _logged([str(venv / "bin" / "llamafactory-cli"), action, str(config)], log, f"llamafactory-cli {action}")
-    return {"action": action, "seconds": round(time.perf_counter() - start, 1), "log": str(log)}
+    return {"action": action, "command": f"llamafactory-cli {action} {config}",
+            "seconds": round(time.perf_counter() - start, 1), "log": str(log)}
 
 
 _CHAT_SCRIPT = """

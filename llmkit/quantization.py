@@ -38,8 +38,10 @@ named like the function would rebind ``llmkit.quantize`` to the module.)
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -210,6 +212,17 @@ def quality(model, tokenizer, conversations: list[list[dict]]) -> tuple[float | 
     return perplexity(model, tokenizer, conversations), greedy_answers(model, tokenizer, conversations)
 
 
+def config_call(config) -> str:
+    """A torchao config as Python a learner could type: its class with the arguments that differ from the defaults.
+
+    >>> config_call(torchao_config(4, [torch.nn.Linear(4096, 4096, dtype=torch.bfloat16)], cuda=True)[0])
+    "Int4WeightOnlyConfig(int4_packing_format='tile_packed_to_4d')"
+    """
+    changed = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+               if getattr(config, f.name) != f.default]
+    return f"{type(config).__name__}({', '.join(changed)})"
+
+
 def apply_torchao(model: torch.nn.Module, config, linears: list[torch.nn.Linear]) -> int:
     """Quantize ``linears`` of ``model`` in place with a torchao config; returns torchao's count of the model's bytes.
 
@@ -221,6 +234,8 @@ def apply_torchao(model: torch.nn.Module, config, linears: list[torch.nn.Linear]
     from torchao.utils import get_model_size_in_bytes
 
     chosen = set(linears)
+    print(f"[llmkit] torchao.quantization.quantize_(model, {config_call(config)}, "
+          f"filter_fn=<the decoder's {len(chosen)} nn.Linear layers>)", file=sys.stderr)
     quantize_(model, config, filter_fn=lambda module, _name: module in chosen)
     gc.collect()  # the replaced 16-bit weights wait for the cycle collector (H200, 7B int4: 2.3 GiB until then)
     torch.cuda.empty_cache()  # and hand them back, so the next llmkit.load sees the memory as free

@@ -67,6 +67,7 @@ def test_a_notebook_matplotlib_backend_does_not_leak_into_llamafactory(tmp_path,
     venv, config = fake_cli(tmp_path, 'echo "backend=$MPLBACKEND"\n')
     result = lf.run_cli("train", config, venv=venv)
     assert "backend=Agg" in Path(result["log"]).read_text()
+    assert result["command"] == f"llamafactory-cli train {config}"  # what the learner would type
 
 
 @pytest.mark.parametrize("name", ["train", "export", "chat"])

@@ -42,6 +42,14 @@ def test_quantize_shrinks_the_decoder_linears_only(reports, bits):
     assert report.library_bytes_after == report.bytes_after < report.bytes_before
 
 
+def test_quantize_prints_the_torchao_call_it_makes(capsys):
+    model, _ = _fresh_xverse()
+    llmkit.quantize(model, 4)
+    printed = capsys.readouterr().err
+    assert ("[llmkit] torchao.quantization.quantize_(model, PrototypeInt4WeightOnlyConfig(group_size=64), "
+            "filter_fn=<the decoder's 14 nn.Linear layers>)") in printed
+
+
 def test_memory_and_quality_numbers_are_sane(reports):
     int8, int4 = reports[8][0], reports[4][0]
     linear_bytes = 2 * 2 * (4 * 64 * 64 + 3 * 64 * 256)  # bf16 weights of the 14 linears
