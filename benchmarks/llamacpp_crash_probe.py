@@ -35,12 +35,21 @@ VARIANTS = {
 }
 
 
-def run_variant(gguf: Path, imports: str, env: dict, settings: dict, timeout_s: int = 120) -> dict:
+def run_variant(gguf: Path, imports: str, env: dict, settings: dict, timeout_s: int = 90) -> dict:
     load = LOAD.format(path=str(gguf), **{"layers": -1, "flash": True, "mmap": True, **settings})
     done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", f"{imports}; {load}"], capture_output=True,
                           text=True, env={**os.environ, **env}, timeout=timeout_s)
     return {"exit_code": done.returncode, "ok": done.returncode == 0 and done.stdout.strip().endswith("True"),
             "stderr_tail": done.stderr.strip().splitlines()[-6:]}
+
+
+def fix_env(results: dict) -> dict:
+    """The environment of the first variant that passed where the same imports without it crashed ({} if none)."""
+    for name, (imports, env, settings) in VARIANTS.items():
+        plain = next((n for n, (i, e, st) in VARIANTS.items() if i == imports and not e and not st), None)
+        if env and results[name]["ok"] and plain and not results[plain]["ok"]:
+            return env
+    return {}
 
 
 def backtrace(gguf: Path, imports: str) -> list[str]:
@@ -67,7 +76,7 @@ def main() -> None:
     crashing = next((VARIANTS[n][0] for n, r in results.items() if not r["ok"]), None)
     args.out.write_text(json.dumps({
         "date": datetime.date.today().isoformat(), "llama_cpp_python": llama_cpp.__version__,
-        "gguf": args.gguf.name, "variants": results,
+        "gguf": args.gguf.name, "variants": results, "fix_env": fix_env(results),
         "backtrace_of_first_crash": backtrace(args.gguf, crashing) if crashing else []}, indent=1))
 
 
