@@ -37,8 +37,11 @@ VARIANTS = {
 
 def run_variant(gguf: Path, imports: str, env: dict, settings: dict, timeout_s: int = 90) -> dict:
     load = LOAD.format(path=str(gguf), **{"layers": -1, "flash": True, "mmap": True, **settings})
-    done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", f"{imports}; {load}"], capture_output=True,
-                          text=True, env={**os.environ, **env}, timeout=timeout_s)
+    try:
+        done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", f"{imports}; {load}"], capture_output=True,
+                              text=True, env={**os.environ, **env}, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"exit_code": None, "ok": False, "stderr_tail": [f"no answer within {timeout_s} s"]}
     return {"exit_code": done.returncode, "ok": done.returncode == 0 and done.stdout.strip().endswith("True"),
             "stderr_tail": done.stderr.strip().splitlines()[-6:]}
 
@@ -57,8 +60,11 @@ def backtrace(gguf: Path, imports: str) -> list[str]:
     if shutil.which("gdb") is None:
         return ["gdb is not installed"]
     load = LOAD.format(path=str(gguf), layers=-1, flash=True, mmap=True)
-    done = subprocess.run(["gdb", "-batch", "-ex", "run", "-ex", "bt 25", "--args", sys.executable, "-c",
-                           f"{imports}; {load}"], capture_output=True, text=True, timeout=180)
+    try:
+        done = subprocess.run(["gdb", "-batch", "-ex", "run", "-ex", "bt 25", "--args", sys.executable, "-c",
+                               f"{imports}; {load}"], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return ["gdb gave no backtrace within 120 s"]
     return [line for line in done.stdout.splitlines() if line.startswith("#")][:25]
 
 
