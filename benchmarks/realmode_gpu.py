@@ -5,9 +5,8 @@ The real model ids resolve to full-shape random-weight checkpoints (``llmkit reh
 top to bottom with nbclient (the engine nbval drives): a cell fails exactly when nbval would fail it (it raised).
 Recorded per notebook: cells passed / failed (with the error) / skipped by the notebook (cells that print a line
 starting with ``[skipped]``, with that line), peak GPU memory of the run's processes (the kernel and what it
-starts; nvidia-smi every 0.25 s, with the per-process lines at the peak; so runs in separate --out folders can share
-the GPU; ``over_card`` when the peak is over the emulated card, which makes the run invalid
-for that size), disk written, wall time; the executed notebooks are kept (``--keep``) for reading.
+starts; nvidia-smi every 0.25 s, with the per-process lines at the peak; ``over_card`` when the peak is over the
+emulated card, which makes the run invalid for that size), disk written, wall time; the executed notebooks are kept (``--keep``) for reading.
 
     python benchmarks/realmode_gpu.py --cards 24 80 --notebooks 00 02 05 --out $OUT
 """
@@ -38,8 +37,10 @@ RUN_TAG_ENV = "LLMKIT_REALMODE_RUN"  # marks the processes of one notebook run
 
 class PeakGpuMemory:
     """Polls nvidia-smi's per-process memory in a thread and keeps the peak of the sum over this run's processes
-    (those whose environment has ``RUN_TAG_ENV=tag``: the kernel and everything it starts), so notebooks can run side
-    by side on one GPU; ``peak_gib`` after ``stop``, and ``peak_processes``: the per-process lines at the peak."""
+    (those whose environment has ``RUN_TAG_ENV=tag``: the kernel and everything it starts); ``peak_gib`` after
+    ``stop``, and ``peak_processes``: the per-process lines at the peak. Run one notebook at a time all the same: the
+    emulated card's free memory counts every process on the GPU (``llmkit.card.emulate``), so a notebook running
+    beside another sees a fuller card than a learner's (06 beside 08 got ``WontFit`` with 7.8 of 24 GiB free)."""
 
     def __init__(self, tag: str, every_s: float = 0.25):
         self.tag, self.every_s, self.peak_mib, self.peak_processes = tag.encode(), every_s, 0, []
