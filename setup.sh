@@ -176,6 +176,7 @@ install_llama_cpp() {
   if [ "$(cat "$stamp" 2>/dev/null)" = "$spec $flags" ] && [ -f "$converter/convert_hf_to_gguf.py" ]; then
     stage "llama-cpp-python: $spec already built with CMAKE_ARGS='$flags'"
     pip_install -q -r requirements-llamacpp.txt  # its runtime dependencies, should they be missing
+    register_llama_kernel
     return
   fi
   tmp="$(mktemp -d)"
@@ -200,6 +201,14 @@ install_llama_cpp() {
   pip_install -q -r requirements-llamacpp.txt  # its runtime dependencies (it was built with --no-deps)
   echo "$spec $flags" > "$stamp"
   stage "llama-cpp-python built; llama.cpp's converter in $converter"
+  register_llama_kernel
+}
+
+register_llama_kernel() {
+  # The llama.cpp notebook's kernel loads llama.cpp before ipykernel: a CUDA build crashed loading a model in any
+  # process that had loaded pyzmq first, and every Jupyter kernel does (llmkit/llamacpp_kernel.py says more).
+  .venv/bin/python -m llmkit.llamacpp_kernel install >/dev/null
+  stage "Jupyter kernel 'Python (llmkit + llama.cpp)' registered for the llama.cpp notebook"
 }
 
 install_vllm() {

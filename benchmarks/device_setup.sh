@@ -14,6 +14,10 @@ for folder in "$@"; do
 done
 export PYTHONPATH=$T:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 NCCL_NVLS_ENABLE=0 \
   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+if ls /tmp/lcpw/*.whl >/dev/null 2>&1; then  # built in an earlier call while the machine was held
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$T" /tmp/lcpw/*.whl 2>&1 | grep -v WARNING
+  PYTHONPATH=$T:$PWD python3 -m llmkit.llamacpp_kernel install >/dev/null  # the llama.cpp notebook's kernel
+fi
 export LLAMA_CPP_DIR=$(ls -d /tmp/lcp/llama_cpp_python-*/vendor/llama.cpp 2>/dev/null | head -1)
 if [ "${LLAMA_BUILD:-0}" = 1 ] && ! ls /tmp/lcpw/*.whl >/dev/null 2>&1; then
   # -DGGML_NATIVE=OFF as setup.sh builds it; only sm_90 (the H200) to keep the build short

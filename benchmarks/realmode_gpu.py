@@ -121,7 +121,7 @@ def run_notebook(path: Path, card: int, keep: Path, timeout_s: int, notebook_tim
     os.environ.update({"LLMKIT_STANDIN": "0", "LLMKIT_CARD_GB": str(card), "HF_HUB_OFFLINE": "1",
                        "TQDM_DISABLE": "1", RUN_TAG_ENV: tag})
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", allow_errors=True,
+    client = NotebookClient(nb, timeout=timeout_s, kernel_name=kernel_for(nb), allow_errors=True,
                             resources={"metadata": {"path": str(path.parent)}})
     disk_before = shutil.disk_usage("/").used
     started = time.perf_counter()
@@ -143,6 +143,15 @@ def run_notebook(path: Path, card: int, keep: Path, timeout_s: int, notebook_tim
             "peak_processes": gpu.peak_processes,
             "disk_written_gib": round((shutil.disk_usage("/").used - disk_before) / 2**30, 2),
             "wall_s": round(wall, 1)}
+
+
+def kernel_for(nb) -> str:
+    """The notebook's own kernel where it is registered here (``python -m llmkit.llamacpp_kernel install`` for the
+    llama.cpp notebook), else ``python3``: the GPU machine's Python has the course's packages but no "llmkit" kernel."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = nb.metadata.get("kernelspec", {}).get("name", "python3")
+    return name if name in KernelSpecManager().find_kernel_specs() else "python3"
 
 
 class NotebookTimeLimit(Exception):
