@@ -212,3 +212,15 @@ def test_importing_gptqmodel_after_llmkit_leaves_the_hugging_face_cache_where_it
     probe = "import llmkit, gptqmodel; from llmkit.hub import hf_cache_dir; print(hf_cache_dir())"
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == str(tmp_path / ".cache" / "huggingface" / "hub")
+
+
+def test_a_python_without_llmkits_dependencies_says_the_card_is_not_emulated_and_runs_on(tmp_path):
+    # LLaMA-Factory's fresh venv runs pip with the hook on PYTHONPATH; it must say so in one line, not fail
+    import venv
+
+    venv.create(tmp_path / "bare", with_pip=False)
+    env = card.child_env({**os.environ, card.CARD_ENV: "24"})
+    env["PYTHONPATH"] += os.pathsep + str(Path(card.__file__).parents[1])
+    done = subprocess.run([str(tmp_path / "bare" / "bin" / "python"), "-c", "print('ran')"], env=env,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "ran" and "LLMKIT_CARD_GB is not applied" in done.stderr

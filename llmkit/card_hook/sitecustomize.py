@@ -2,8 +2,12 @@
 the allocator cap is set when torch is imported and CUDA starts. Nothing happens without the setting or CUDA."""
 
 import os
+import sys
 
 if os.environ.get("LLMKIT_CARD_GB", "").strip():
-    from llmkit.card import install_import_hook
-
-    install_import_hook()
+    try:
+        from llmkit.card import install_import_hook
+    except ImportError as error:  # a Python without llmkit's dependencies (a fresh venv's pip): it has no torch to cap
+        sys.stderr.write(f"[llmkit] LLMKIT_CARD_GB is not applied in {sys.executable}: {error}\n")
+    else:
+        install_import_hook()
