@@ -1,4 +1,4 @@
-"""Which imports and settings make llama-cpp-python's CUDA build crash when it loads a model (notebook 07 on the
+"""Which imports and settings make llama-cpp-python's CUDA build crash when it loads a model (notebook 08 on the
 GPU machine: a segmentation fault in libggml-cuda). Each variant runs in its own process: it imports what the
 variant names, loads the GGUF with all layers on the GPU and generates 4 tokens; the exit code and the last
 lines of a fault are recorded in JSON.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 LOAD = ("llm = llama_cpp.Llama(model_path={path!r}, n_ctx=512, n_gpu_layers={layers}, flash_attn={flash}, "
         "use_mmap={mmap}, verbose=False); print(llm('Hi', max_tokens=4)['choices'][0]['text'] is not None)")
-NOTEBOOK_07_IMPORTS = "import matplotlib.pyplot; import llmkit; from llmkit import gguf; llmkit.pick_model('Qwen/Qwen2-7B-Instruct')"
+NOTEBOOK_08_IMPORTS = "import matplotlib.pyplot; import llmkit; from llmkit import gguf; llmkit.pick_model('Qwen/Qwen2-7B-Instruct')"
 # name: (imports before the load, extra environment, load settings)
 VARIANTS = {
     "llama_cpp only": ("import llama_cpp", {}, {}),
@@ -30,8 +30,8 @@ VARIANTS = {
     "llama_cpp, then numpy; use_mmap=False": ("import llama_cpp; import numpy", {}, {"mmap": False}),
     "llama_cpp, then numpy; GGML_CUDA_DISABLE_GRAPHS=1": ("import llama_cpp; import numpy", {"GGML_CUDA_DISABLE_GRAPHS": "1"}, {}),
     "llama_cpp, then numpy; OMP_NUM_THREADS=1": ("import llama_cpp; import numpy", {"OMP_NUM_THREADS": "1"}, {}),
-    "notebook 07's imports": (f"import llama_cpp; {NOTEBOOK_07_IMPORTS}", {}, {}),
-    "notebook 07's imports; GGML_CUDA_NO_PINNED=1": (f"import llama_cpp; {NOTEBOOK_07_IMPORTS}", {"GGML_CUDA_NO_PINNED": "1"}, {}),
+    "notebook 08's imports": (f"import llama_cpp; {NOTEBOOK_08_IMPORTS}", {}, {}),
+    "notebook 08's imports; GGML_CUDA_NO_PINNED=1": (f"import llama_cpp; {NOTEBOOK_08_IMPORTS}", {"GGML_CUDA_NO_PINNED": "1"}, {}),
 }
 
 

@@ -26,7 +26,7 @@ from llmkit.errors import BadInput
 ENGINES = {  # backend: (Python package, how to get it)
     "llamacpp": ("llama_cpp", "bash setup.sh llama-cpp (compiles llama-cpp-python; README: Quickstart)"),
     "vllm": ("vllm", "on a Linux machine with an NVIDIA GPU: bash setup.sh vllm, then run llmkit with "
-                     ".venv-vllm/bin/python -m llmkit.cli (README: serving)"),
+                     ".venv-vllm/bin/python -m llmkit.cli (docs/results.md: Serving)"),
 }
 ENGINE_BACKENDS = tuple(ENGINES)
 

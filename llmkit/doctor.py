@@ -18,7 +18,7 @@ TORCH_INDEX = "https://download.pytorch.org/whl"
 TORCH_CUDA_BUILDS = ["12.6", "12.8", "13.0"]
 # Last torch release with a CUDA 11.8 build, for drivers older than CUDA 12.
 LAST_CU118_TORCH = "2.7.1"
-# what the notebooks download in real mode (02/05-09, 03, 03 on a smaller card, 04)
+# what the notebooks download in real mode (02/05-10, 03, 03 on a smaller card, 04)
 COURSE_MODELS = ("Qwen/Qwen2-7B-Instruct", "Qwen/Qwen2-72B-Instruct-GPTQ-Int4", "Qwen/Qwen1.5-7B-Chat-GPTQ-Int4",
                  "xverse/XVERSE-7B-Chat")
 DATA_DISK_FIX = ("put models on a data disk: export LLMKIT_MODEL_DIR=/root/autodl-tmp/models "
@@ -227,8 +227,8 @@ def check_packages(facts: dict) -> list[Row]:
                  else "reinstall gptqmodel for this torch/CUDA (pip install --force-reinstall --no-deps gptqmodel)")
         rows.append(Row("GPTQ GPU kernel", str(kernel)[:120], WARN,
                         f"GPTQ falls back to the slow torch kernel (several times slower); {cause}"))
-    for name, why in [("bitsandbytes", "8/4-bit on the fly, QLoRA"), ("vllm", "notebook 08 serving: bash setup.sh vllm, its own venv"),
-                      ("llama-cpp-python", "notebook 07 GGUF: bash setup.sh llama-cpp compiles it")]:
+    for name, why in [("bitsandbytes", "8/4-bit on the fly, QLoRA"), ("vllm", "notebook 09 serving: bash setup.sh vllm, its own venv"),
+                      ("llama-cpp-python", "notebook 08 GGUF: bash setup.sh llama-cpp compiles it")]:
         version = pkgs.get(name)
         rows.append(Row(name, version or "not installed", OK, "" if version else f"optional ({why})"))
     return rows

@@ -1,4 +1,4 @@
-"""LLaMA-Factory route: the YAML files written from one set of settings (the real run is in notebook 06)."""
+"""LLaMA-Factory route: the YAML files written from one set of settings (the real run is in notebook 07)."""
 
 import json
 from pathlib import Path

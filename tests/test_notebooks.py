@@ -6,6 +6,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from llmkit import llamacpp_kernel
+
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
@@ -43,8 +45,11 @@ def test_follows_course_conventions(path):
 def test_kernel_is_the_one_setup_registers(path):
     """A learner who opens a notebook in JupyterLab gets the kernel setup.sh registers (the venv with llmkit)."""
     setup = (path.parent.parent / "setup.sh").read_text(encoding="utf-8")
-    # the course's kernel; `bash setup.sh vllm` registers a second one, llmkit-vllm, for notebook 08's vLLM cells
+    # the course's kernel; `bash setup.sh vllm` registers a second one, llmkit-vllm, for notebook 09's vLLM cells
     name, display = re.search(r'ipykernel install .*--name (llmkit) --display-name "([^"]+)"', setup).groups()
+    if path.name == "08_llamacpp_gguf.ipynb":  # its own kernel loads llama.cpp before pyzmq (llmkit/llamacpp_kernel.py)
+        assert "python -m llmkit.llamacpp_kernel install" in setup
+        name, display = llamacpp_kernel.KERNEL_NAME, llamacpp_kernel.DISPLAY_NAME
     kernelspec = nbformat.read(path, as_version=4).metadata.kernelspec
     assert (kernelspec.name, kernelspec.display_name) == (name, display)
 
@@ -66,3 +71,17 @@ def test_a_kernel_that_dies_fails_its_cell_at_once_with_the_reason(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and time.monotonic() - started < 120
     assert "the notebook's kernel died while running this cell (killed by SIGSEGV)" in done.stdout
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[:-1], ids=lambda p: p.name)
+def test_each_notebook_ends_by_naming_the_next_one(path):
+    nb = nbformat.read(path, as_version=4)
+    following = NOTEBOOKS[NOTEBOOKS.index(path) + 1].name[:2]
+    last_text = next(c.source for c in reversed(nb.cells) if c.cell_type == "markdown")
+    assert f"下一课 / Next：{following} " in last_text, f"{path.name} should point to notebook {following}"
+
+
+def test_every_notebook_title_starts_with_its_number():
+    for path in NOTEBOOKS:
+        title = nbformat.read(path, as_version=4).cells[0].source.splitlines()[0]
+        assert title.startswith(f"# {path.name[:2]} "), (path.name, title)
