@@ -24,7 +24,7 @@ from llmkit.bench_result import BenchResult, result, timed_runs
 from llmkit.errors import BadInput
 
 ENGINES = {  # backend: (Python package, how to get it)
-    "llamacpp": ("llama_cpp", "bash setup.sh llama-cpp (compiles llama-cpp-python; README: Quickstart)"),
+    "llamacpp": ("llama_cpp", "bash setup.sh llama-cpp (compiles llama-cpp-python; docs/setup.md)"),
     "vllm": ("vllm", "on a Linux machine with an NVIDIA GPU: bash setup.sh vllm, then run llmkit with "
                      ".venv-vllm/bin/python -m llmkit.cli (docs/results.md: Serving)"),
 }
@@ -91,8 +91,8 @@ def bench_llamacpp_isolated(gguf: str | Path, prompts: list[list[int]], new_toke
     """``bench_llamacpp`` in a fresh Python process that never imports torch.
 
     llama-cpp-python's CUDA build crashed (SIGSEGV in libggml-cuda) when it loaded a model in a process that had
-    imported torch (on an H100), or merely numpy before ``llama_cpp`` (0.3.36 on an H200), and torch imports numpy.
-    ``llmkit bench`` runs llama.cpp this way; this process imports ``llama_cpp`` before numpy.
+    imported torch (on an H100), or merely numpy or pyzmq before ``llama_cpp`` (0.3.36 on an H200), and torch imports
+    numpy. ``llmkit bench`` runs llama.cpp this way; this process imports ``llama_cpp`` before numpy.
 
     >>> bench_llamacpp_isolated("/tmp/qwen2-chat-f16.gguf", [[9707, 11]], new_tokens=8, repeats=1)  # doctest: +SKIP
     """
