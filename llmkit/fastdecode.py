@@ -14,7 +14,9 @@ On the CPU (no graphs) the same steps run eagerly, which is how CI checks the to
 
 from __future__ import annotations
 
+import itertools
 import time
+import weakref
 
 import torch
 from transformers import StaticCache
@@ -43,6 +45,8 @@ class GraphDecoder:
     seconds. ``compile_small_ops=True`` additionally runs the step through ``torch.compile`` with the quantized
     linear layers left out (their custom kernels cannot be traced): norms, rotary and residual adds fuse;
     ``compile_mode`` is passed to ``torch.compile`` ("max-autotune-no-cudagraphs" also tunes the matrix products).
+    The quantized layers get their own ``forward`` back when the decoder is closed (``close()``, the end of a
+    ``with`` block, or when it is garbage-collected); the model is left as it was.
 
     >>> decoder = GraphDecoder(model, batch_size=1, max_len=128)  # doctest: +SKIP
     >>> decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=8).shape  # doctest: +SKIP
@@ -58,8 +62,21 @@ class GraphDecoder:
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.step_mask = torch.zeros(batch_size, 1, 1, max_len, dtype=model.dtype, device=device)
-        self.forward = _compile_leaving_out_quantized(model, compile_mode) if compile_small_ops else model
+        patched = _put_quantized_behind_op(model) if compile_small_ops else []
+        self.forward = torch.compile(model, mode=compile_mode) if compile_small_ops else model
+        self._restore = weakref.finalize(self, _restore_quantized, patched)
         self.graph, self.graph_next, self.timings = None, None, {}
+
+    def close(self) -> None:
+        """Give the quantized layers their own ``forward`` back and drop the captured step; decode no more."""
+        self._restore()
+        self.graph = self.graph_next = self.forward = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def _step(self) -> torch.Tensor:
         out = self.forward(input_ids=self.token, position_ids=self.position,
@@ -128,7 +145,8 @@ class GraphDecoder:
         return torch.cat(generated, dim=1)
 
 
-_QUANTIZED: list = []  # gptqmodel layers behind the opaque op below, by index
+_QUANTIZED: dict[int, torch.nn.Module] = {}  # gptqmodel layers behind the opaque op below, while a decoder uses them
+_KEYS = itertools.count()
 
 
 @torch.library.custom_op("llmkit::quantized_linear", mutates_args=())
@@ -141,15 +159,29 @@ def _quantized_linear_shape(x: torch.Tensor, index: int) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], _QUANTIZED[index].out_features)
 
 
-def _compile_leaving_out_quantized(model, mode: str):
-    """``torch.compile`` of the model with each gptqmodel layer behind an opaque custom op (run eagerly inside):
-    the rest traces as one graph, so inductor can fuse norms, rotary and residual adds between the GEMMs."""
-    for module in model.modules():
-        if type(module).__module__.startswith("gptqmodel.") and not hasattr(module, "llmkit_eager_forward"):
-            module.llmkit_eager_forward = module.forward
-            module.forward = lambda x, index=len(_QUANTIZED): _quantized_linear(x, index)
-            _QUANTIZED.append(module)
-    return torch.compile(model, mode=mode)
+def _put_quantized_behind_op(model) -> list[torch.nn.Module]:
+    """Route each gptqmodel layer's ``forward`` through the opaque custom op (run eagerly inside), so that
+    ``torch.compile`` traces the rest as one graph and inductor fuses norms, rotary and residual adds between the
+    GEMMs. Layers already routed by another live decoder are shared (counted); returns the layers to restore."""
+    patched = [m for m in model.modules() if type(m).__module__.startswith("gptqmodel.")]
+    for module in patched:
+        if not hasattr(module, "llmkit_eager_forward"):
+            key = next(_KEYS)
+            _QUANTIZED[key] = module
+            module.llmkit_eager_forward, module.llmkit_op_key, module.llmkit_op_users = module.forward, key, 0
+            module.forward = lambda x, index=key: _quantized_linear(x, index)
+        module.llmkit_op_users += 1
+    return patched
+
+
+def _restore_quantized(patched: list[torch.nn.Module]) -> None:
+    """Undo ``_put_quantized_behind_op`` for the layers no other live decoder still uses."""
+    for module in patched:
+        module.llmkit_op_users -= 1
+        if module.llmkit_op_users == 0:
+            del _QUANTIZED[module.llmkit_op_key]
+            del module.forward, module.llmkit_eager_forward, module.llmkit_op_key, module.llmkit_op_users
+    patched.clear()
 
 
 def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -1,5 +1,7 @@
 """GraphDecoder must produce exactly the tokens of plain greedy ``generate`` (CPU: the same steps, eagerly)."""
 
+import gc
+
 import pytest
 import torch
 
@@ -50,8 +52,22 @@ def test_compiled_step_with_gptq_layers_behind_an_opaque_op(gptq_dir):
     expected = reference(model, tokenizer, batch, 10)
     decoder = GraphDecoder(model, batch_size=2, max_len=batch["input_ids"].shape[1] + 10, compile_small_ops=True)
     assert torch.equal(decoder.generate(batch["input_ids"], batch["attention_mask"], 10), expected)
-    assert hasattr(model.model.layers[0].mlp.down_proj, "llmkit_eager_forward")
-    assert torch.equal(reference(model, tokenizer, batch, 10), expected)  # plain generate still works after patching
+    layer = model.model.layers[0].mlp.down_proj
+    assert hasattr(layer, "llmkit_eager_forward")
+    assert torch.equal(reference(model, tokenizer, batch, 10), expected)  # plain generate still works while patched
+    with GraphDecoder(model, batch_size=2, max_len=batch["input_ids"].shape[1] + 10, compile_small_ops=True) as second:
+        assert torch.equal(second.generate(batch["input_ids"], batch["attention_mask"], 10), expected)
+    assert hasattr(layer, "llmkit_eager_forward")  # the first decoder still uses the patch
+    decoder.close()
+    assert not hasattr(layer, "llmkit_eager_forward") and "forward" not in vars(layer)  # the model as it was
+    assert torch.equal(reference(model, tokenizer, batch, 10), expected)
+    del second, decoder  # closing twice (here by the garbage collector) changes nothing
+    assert "forward" not in vars(layer)
+    dropped = GraphDecoder(model, batch_size=2, max_len=batch["input_ids"].shape[1] + 10, compile_small_ops=True)
+    assert hasattr(layer, "llmkit_eager_forward")
+    del dropped  # never closed: restored when it is collected
+    gc.collect()
+    assert not hasattr(layer, "llmkit_eager_forward")
 
 
 def test_llama_architecture_too(tmp_path):
