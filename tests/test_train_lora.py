@@ -1,5 +1,5 @@
-"""llmkit.train_lora as a learner runs it: plain python, real DDP with torchrun (gloo, 2 CPU processes), and the
-DDP benchmark's CPU mode. Each subprocess run takes 10-25 s on 2 cores (mostly start-up)."""
+"""llmkit.train_lora as a learner runs it: plain python, real DDP with torchrun and with accelerate launch (gloo, 2 CPU
+processes), and the DDP benchmark's CPU mode. Each subprocess run takes 10-25 s on 2 cores (mostly start-up)."""
 
 import json
 import os
@@ -64,6 +64,17 @@ def test_torchrun_two_processes_match_one(single):
     a, b = [r["loss"] for r in one["losses"]], [r["loss"] for r in two["losses"]]
     assert len(a) == len(b) == 5
     assert b == pytest.approx(a, rel=LOSS_RTOL)
+
+
+def test_accelerate_launch_two_processes_match_one(single):
+    # the README's `accelerate launch --multi_gpu --num_processes 2 -m llmkit.train_lora`; on the CPU (--no-cuda)
+    # accelerate starts the same two gloo processes torchrun does
+    tmp, one = single
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    two = _run(launcher, _settings(tmp), tmp / "accelerate")
+    assert two["world_size"] == 2 and two["gradient_accumulation_steps"] == 1
+    assert [r["loss"] for r in two["losses"]] == pytest.approx([r["loss"] for r in one["losses"]], rel=LOSS_RTOL)
 
 
 def test_refuses_a_global_batch_the_processes_cannot_split(tmp_path):
