@@ -7,8 +7,8 @@ greedy tokens each, end-of-sequence ignored) and return the same ``BenchResult``
   after another; time to first token is the first prompt's. Loading the GGUF is reported as ``load_s``, and
   llama.cpp's own counters give prompt-eval and eval tokens/s.
 - ``vllm``: ``LLM.generate`` on all prompts at once. vLLM needs a CUDA GPU and lives in its own venv
-  (``bash setup.sh vllm``: ``.venv-vllm``), so this backend runs in a llmkit started from that venv; it has not
-  been run by the project yet.
+  (``bash setup.sh vllm``: ``.venv-vllm``), so ``llmkit bench`` runs it in a process of that venv's Python
+  (``bench_vllm_isolated``), next to the other backends in one run; it has not been run on a GPU by the project yet.
 """
 
 from __future__ import annotations
@@ -25,10 +25,25 @@ from llmkit.errors import BadInput
 
 ENGINES = {  # backend: (Python package, how to get it)
     "llamacpp": ("llama_cpp", "bash setup.sh llama-cpp (compiles llama-cpp-python; docs/setup.md)"),
-    "vllm": ("vllm", "on a Linux machine with an NVIDIA GPU: bash setup.sh vllm, then run llmkit with "
-                     ".venv-vllm/bin/python -m llmkit.cli (docs/results.md: Serving)"),
+    "vllm": ("vllm", "on a Linux machine with an NVIDIA GPU: bash setup.sh vllm (its own .venv-vllm, which "
+                     "llmkit bench then uses for this backend; docs/results.md: Serving)"),
 }
 ENGINE_BACKENDS = tuple(ENGINES)
+VLLM_VENV = Path(__file__).resolve().parents[1] / ".venv-vllm"  # where `bash setup.sh vllm` installs vLLM
+
+
+def engine_python(backend: str) -> str | None:
+    """The Python that can run ``backend``: this one where its package is installed, else (vLLM) the course's
+    ``.venv-vllm``; None when there is none.
+
+    >>> engine_python("llamacpp") in (sys.executable, None)
+    True
+    """
+    package, _ = ENGINES[backend]
+    if importlib.util.find_spec(package) is not None:
+        return sys.executable
+    vllm_python = VLLM_VENV / "bin" / "python"
+    return str(vllm_python) if backend == "vllm" and vllm_python.exists() else None
 
 
 def require_engine(backend: str) -> None:
@@ -39,6 +54,19 @@ def require_engine(backend: str) -> None:
     package, install = ENGINES[backend]
     if importlib.util.find_spec(package) is None:
         raise BadInput(f"backend {backend!r} needs the {package} package, which is not installed: {install}")
+
+
+def require_engine_python(backend: str) -> str:
+    """``engine_python(backend)``, or ``BadInput`` saying how to install the engine.
+
+    >>> require_engine_python("vllm")  # doctest: +SKIP
+    '/home/me/llmkit/.venv-vllm/bin/python'
+    """
+    python = engine_python(backend)
+    if python is None:
+        package, install = ENGINES[backend]
+        raise BadInput(f"backend {backend!r} needs the {package} package, which is not installed: {install}")
+    return python
 
 
 def bench_llamacpp(gguf: str | Path, prompts: list[list[int]], new_tokens: int = 128, repeats: int = 3,
@@ -96,12 +124,29 @@ def bench_llamacpp_isolated(gguf: str | Path, prompts: list[list[int]], new_toke
 
     >>> bench_llamacpp_isolated("/tmp/qwen2-chat-f16.gguf", [[9707, 11]], new_tokens=8, repeats=1)  # doctest: +SKIP
     """
-    job = json.dumps({"gguf": str(gguf), "prompts": prompts, "new_tokens": new_tokens, "repeats": repeats, **options})
-    code = ("import json, sys; from dataclasses import asdict; from llmkit.bench_engines import bench_llamacpp; "
-            "print(json.dumps(asdict(bench_llamacpp(**json.loads(sys.stdin.read())))))")
-    done = subprocess.run([sys.executable, "-c", code], input=job, capture_output=True, text=True)
+    job = {"gguf": str(gguf), "prompts": prompts, "new_tokens": new_tokens, "repeats": repeats, **options}
+    return _run_isolated("bench_llamacpp", job, sys.executable, "llama.cpp")
+
+
+def bench_vllm_isolated(model_dir: str | Path, prompts: list[list[int]], new_tokens: int = 128, repeats: int = 3,
+                        python: str | None = None, **llm_args) -> BenchResult:
+    """``bench_vllm`` in its own process, with ``python`` (default: ``require_engine_python("vllm")``, the course's
+    ``.venv-vllm`` when vLLM is not installed here): vLLM cannot share the course's venv (requirements-vllm.txt),
+    and in its own process it has the GPU to itself once the caller has freed its own model.
+
+    >>> bench_vllm_isolated("Qwen/Qwen2-7B-Instruct", [[9707, 11]], new_tokens=8, repeats=1)  # doctest: +SKIP
+    """
+    job = {"model_dir": str(model_dir), "prompts": prompts, "new_tokens": new_tokens, "repeats": repeats, **llm_args}
+    return _run_isolated("bench_vllm", job, python or require_engine_python("vllm"), "vLLM")
+
+
+def _run_isolated(function: str, job: dict, python: str, engine: str) -> BenchResult:
+    """Run ``bench_engines.<function>(**job)`` with ``python`` in a fresh process; its result comes back as JSON."""
+    code = ("import json, sys; from dataclasses import asdict; from llmkit import bench_engines; "
+            f"print(json.dumps(asdict(bench_engines.{function}(**json.loads(sys.stdin.read())))))")
+    done = subprocess.run([python, "-c", code], input=json.dumps(job), capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"the llama.cpp process failed (exit code {done.returncode}): {done.stderr[-1500:]}")
+        raise RuntimeError(f"the {engine} process failed (exit code {done.returncode}): {done.stderr[-1500:]}")
     return BenchResult(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 

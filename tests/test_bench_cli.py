@@ -1,4 +1,7 @@
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +45,50 @@ def test_bench_rejects_an_unknown_backend(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--backend", "vllm-typo"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+FAKE_VLLM = '''
+class SamplingParams:
+    def __init__(self, **kwargs):
+        self.max_tokens = kwargs["max_tokens"]
+
+
+class _Output:
+    def __init__(self, ids):
+        self.outputs = [type("Completion", (), {"token_ids": ids})()]
+
+
+class LLM:
+    def __init__(self, model, max_model_len, **kwargs):
+        self.model = model
+
+    def generate(self, prompts, params, use_tqdm=False):
+        return [_Output(list(range(params.max_tokens))) for _ in prompts]
+'''
+
+
+def test_bench_runs_vllm_with_the_vllm_venvs_python_after_releasing_its_model(tmp_path, monkeypatch, capsys):
+    # vLLM is not installed here: a stand-in `vllm` package and a `.venv-vllm` whose python is this one check the
+    # plumbing (one run, vLLM in a process of its own venv, the transformers model freed first), not vLLM itself
+    from llmkit import bench_engines
+    from llmkit.cli import bench_cmd
+
+    fake = tmp_path / "fake" / "vllm"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(FAKE_VLLM)
+    (fake / "inputs.py").write_text("def TokensPrompt(prompt_token_ids):\n    return {'prompt_token_ids': prompt_token_ids}\n")
+    venv = tmp_path / ".venv-vllm"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # this venv's Python
+    (venv / "bin" / "python").chmod(0o755)
+    monkeypatch.setattr(bench_engines, "VLLM_VENV", venv)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "fake"), str(Path(bench_engines.__file__).parents[1])]))
+    released = []
+    release = bench_cmd._LazyModel.release
+    monkeypatch.setattr(bench_cmd._LazyModel, "release", lambda self: released.append(self.model is not None) or release(self))
+    code = main([*SMALL, "--backend", "hf", "vllm", "--json"])
+    rows = {r["requested"]: r for r in json.loads(capsys.readouterr().out.split("\n", 2)[-1])["results"]}
+    assert code == 0 and rows["vllm"]["backend"] == "vllm" and rows["vllm"]["new_tokens"] == 4, rows["vllm"]
+    assert rows["vllm"]["tokens_per_s"] > 0 and rows["hf"]["tokens_per_s"] > 0
+    assert released == [True]  # the loaded transformers model was dropped before vLLM started
+

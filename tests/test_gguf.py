@@ -134,9 +134,12 @@ def test_bench_command_runs_llamacpp_next_to_hf(chat_dir, f16, capsys):
     assert code == 0 and rows["llamacpp"]["tokens_per_s"] > 0 and rows["llamacpp"]["details"]["load_s"] >= 0
 
 
-def test_bench_command_explains_missing_gguf_and_missing_vllm(monkeypatch, capsys):
+def test_bench_command_explains_missing_gguf_and_missing_vllm(monkeypatch, capsys, tmp_path):
+    from llmkit import bench_engines
+
     assert main(["bench", "--backend", "llamacpp"]) == 2
     assert "needs --gguf FILE" in capsys.readouterr().err
+    monkeypatch.setattr(bench_engines, "VLLM_VENV", tmp_path / "no-vllm-venv")  # nor the one `setup.sh vllm` makes
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
     assert main(["bench", "--backend", "hf", "vllm"]) == 2  # refused before any backend runs

@@ -9,7 +9,7 @@ import json
 import platform
 from pathlib import Path
 
-from llmkit.bench_engines import ENGINE_BACKENDS, require_engine
+from llmkit.bench_engines import ENGINE_BACKENDS, require_engine_python
 from llmkit.bench_result import ALL_BACKENDS
 from llmkit.cli.table import print_table
 from llmkit.errors import BadInput
@@ -42,7 +42,7 @@ def _check(args) -> None:
             raise BadInput(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     refuse_existing([p for p in (args.out, args.chart) if p is not None], args.overwrite, flag="--overwrite")
     for backend in set(args.backend) & set(ENGINE_BACKENDS):
-        require_engine(backend)
+        require_engine_python(backend)
     if "llamacpp" in args.backend and args.gguf is None:
         raise BadInput("the llamacpp backend needs --gguf FILE, a GGUF of the same model; "
                        "make one with: llmkit gguf MODEL FILE")
@@ -68,7 +68,7 @@ def run(args) -> tuple[dict, int]:
     model_dir = locate(model_ref).path
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     prompts = workload(tokenizer, args.prompts, args.input_len)
-    hf_model = _lazy_model(model_ref)
+    hf_model = _LazyModel(model_ref)
     rows = []
     for backend in args.backend:
         try:
@@ -93,28 +93,41 @@ def run(args) -> tuple[dict, int]:
     return data, 1 if any("error" in r for r in rows) else 0
 
 
-def _lazy_model(model_ref: str):
-    """Loads the transformers model on first use, so llamacpp- or vllm-only runs leave the memory to them."""
-    loaded = []
+class _LazyModel:
+    """The transformers model, loaded on first use and released before an engine backend runs, so llama.cpp and
+    vLLM (each in its own process) have the GPU to themselves; a later transformers backend loads it again."""
 
-    def model():
-        if not loaded:
+    def __init__(self, model_ref: str):
+        self.model_ref, self.model = model_ref, None
+
+    def __call__(self):
+        if self.model is None:
             from llmkit.loading import load
 
-            loaded.append(load(model_ref)[0])
-        return loaded[0]
+            self.model = load(self.model_ref)[0]
+        return self.model
 
-    return model
+    def release(self) -> None:
+        import gc
+
+        import torch
+
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
-def _bench_one(backend: str, args, hf_model, tokenizer, model_dir, prompts):
+def _bench_one(backend: str, args, hf_model: _LazyModel, tokenizer, model_dir, prompts):
     from llmkit import bench_engines
     from llmkit.bench import bench
 
+    if backend in ENGINE_BACKENDS:
+        hf_model.release()
     if backend == "llamacpp":
         return bench_engines.bench_llamacpp_isolated(args.gguf, prompts, args.output_len, args.repeats)
     if backend == "vllm":
-        return bench_engines.bench_vllm(model_dir, prompts, args.output_len, args.repeats)
+        return bench_engines.bench_vllm_isolated(model_dir, prompts, args.output_len, args.repeats)
     return bench(hf_model(), tokenizer, backend, prompts, new_tokens=args.output_len, repeats=args.repeats)
 
 
