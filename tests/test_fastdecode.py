@@ -1,6 +1,11 @@
 """GraphDecoder must produce exactly the tokens of plain greedy ``generate`` (CPU: the same steps, eagerly)."""
 
 import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,3 +84,18 @@ def test_llama_architecture_too(tmp_path):
     batch = left_padded(tokenizer, ["你好", "What is the capital of France?"])
     ours = greedy_generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=12)
     assert torch.equal(ours, reference(model, tokenizer, batch, 12))
+
+
+def test_the_decode_profile_benchmark_runs_on_the_cpu(tmp_path):
+    """benchmarks/decode_profile_gpu.py (issue 18's profile) on the stand-in: every CPU-side measurement is there."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "profile.json"
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "decode_profile_gpu.py"), "--batch", "1", "2",
+                           "--out", str(out)], env={**os.environ, "LLMKIT_STANDIN": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["batches"]
+    assert [r["batch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["step_s"] > 0 and row["argmax_s"] > 0 and row["prefill_s"] > 0
+        assert set(row["step_s_by_max_len"]) == {"128", "512", "2048"}

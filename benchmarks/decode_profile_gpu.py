@@ -1,0 +1,136 @@
+"""Where a decode step of ``llmkit.fastdecode.GraphDecoder`` spends its time, before anything is changed (issue 18).
+
+For one model and batch size it measures, in one process, with the bandwidth limit of the same run:
+- step time: one captured step replayed (CUDA events), against the bandwidth limit (weight bytes per step / device
+  copy bandwidth; the limit that counts only one embedding row per token too);
+- kernel time vs gaps: ``torch.profiler`` over replayed steps; the sum of GPU kernel time per step and what is left
+  of the step (launch and dependency gaps), with the ten kernels that take the most time;
+- attention over the static cache: the step time with the same filled length in caches of different ``max_len``
+  (attention that reads the whole static cache grows with ``max_len``, one that reads the filled part does not);
+- sampling: the ``argmax`` over the vocabulary alone; host synchronisation: a step with and without
+  ``torch.cuda.synchronize()`` after it; prefill: the prompt's forward pass.
+
+    python benchmarks/decode_profile_gpu.py --model Qwen/Qwen2-7B-Instruct --batch 1 25 --out $OUT/profile.json
+On a CPU (``--standin``) the same code runs on the stand-in without graphs, events or CUDA kernels, to keep it working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gptq72b_gpu import model_bytes  # noqa: E402  (reused, not copied)
+from load_memory_gpu import copy_bandwidth_gbs  # noqa: E402
+
+import llmkit  # noqa: E402
+from llmkit.bench import workload  # noqa: E402
+from llmkit.fastdecode import GraphDecoder  # noqa: E402
+
+
+def timed(fn, repeats: int = 20) -> float:
+    """Median seconds of ``fn()`` (CUDA events on a GPU, the wall clock on a CPU)."""
+    cuda = torch.cuda.is_available()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(); fn(); end.record(); torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def decoder_at(model, tokenizer, batch: int, prompt_tokens: int, max_len: int) -> GraphDecoder:
+    """A decoder of ``max_len`` with a prompt of ``prompt_tokens`` prefilled and its step captured (on CUDA)."""
+    prompts = workload(tokenizer, batch, prompt_tokens)
+    ids = torch.tensor(prompts)
+    decoder = GraphDecoder(model, batch, max_len)
+    decoder.generate(ids, torch.ones_like(ids), max_new_tokens=2)  # prefill + capture
+    return decoder
+
+
+def step_fn(decoder: GraphDecoder):
+    return decoder.graph.replay if decoder.graph is not None else decoder._step
+
+
+def kernel_split(decoder: GraphDecoder, steps: int = 10) -> dict:
+    """GPU kernel time per replayed step and the kernels that take most of it (``torch.profiler``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    replay = step_fn(decoder)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            replay()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total_us = sum(e.self_device_time_total for e in kernels)
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:10]
+    return {"kernel_s_per_step": round(total_us / 1e6 / steps, 6),
+            "top_kernels": [{"name": e.key[:120], "share": round(e.self_device_time_total / total_us, 3),
+                             "calls_per_step": e.count / steps} for e in top]}
+
+
+def profile_batch(model, tokenizer, batch: int, limit_steps_per_s: float | None) -> dict:
+    cuda = torch.cuda.is_available()
+    decoder = decoder_at(model, tokenizer, batch, 64, 64 + 256)
+    step_s = timed(step_fn(decoder))
+    row = {"batch": batch, "step_s": round(step_s, 6), "tokens_per_s": round(batch / step_s, 1)}
+    if limit_steps_per_s:
+        row["fraction_of_limit"] = round(1 / step_s / limit_steps_per_s, 3)
+    if cuda:
+        row.update(kernel_split(decoder))
+        row["gap_s_per_step"] = round(step_s - row["kernel_s_per_step"], 6)
+        synced = timed(lambda: (step_fn(decoder)(), torch.cuda.synchronize()))
+        row["host_sync_cost_s"] = round(synced - step_s, 6)
+    # attention over the static cache: the same 64 filled positions in caches of growing max_len
+    row["step_s_by_max_len"] = {}
+    for max_len in (128, 512, 2048):
+        del decoder
+        decoder = decoder_at(model, tokenizer, batch, 64, max_len)
+        row["step_s_by_max_len"][max_len] = round(timed(step_fn(decoder)), 6)
+    logits = torch.randn(batch, model.config.vocab_size, device=model.device, dtype=model.dtype)
+    row["argmax_s"] = round(timed(lambda: logits.argmax(-1)), 6)
+    ids = torch.tensor(workload(tokenizer, batch, 64), device=model.device)
+    with torch.no_grad():
+        row["prefill_s"] = round(timed(lambda: model(input_ids=ids, logits_to_keep=1), repeats=5), 6)
+    del decoder
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="Qwen/Qwen2-7B-Instruct", help="an id llmkit.pick_model resolves")
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 25])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    model, tokenizer = llmkit.load(llmkit.pick_model(args.model))
+    result = {"date": datetime.date.today().isoformat(), "model": args.model, "dtype": str(model.dtype),
+              "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+              "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
+                           "python": platform.python_version()}}
+    limit = None
+    if cuda:
+        sizes, bandwidth = model_bytes(model), copy_bandwidth_gbs()
+        limit = bandwidth * 1e9 / sizes["total_bytes"]
+        one_row = sizes["total_bytes"] - sizes["embed_tokens_bytes"]  # only one embedding row is read per token
+        result.update(copy_bandwidth_gb_s=round(bandwidth, 1), bytes_per_step=sizes["total_bytes"],
+                      bandwidth_limit_steps_per_s=round(limit, 1),
+                      strict_limit_steps_per_s=round(bandwidth * 1e9 / one_row, 1))
+    result["batches"] = [profile_batch(model, tokenizer, batch, limit) for batch in args.batch]
+    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    print(json.dumps(result)[:2000])
+
+
+if __name__ == "__main__":
+    main()
