@@ -21,7 +21,7 @@ fi
 export LLAMA_CPP_DIR=$(ls -d /tmp/lcp/llama_cpp_python-*/vendor/llama.cpp 2>/dev/null | head -1)
 if [ "${LLAMA_BUILD:-0}" = 1 ] && ! ls /tmp/lcpw/*.whl >/dev/null 2>&1; then
   # -DGGML_NATIVE=OFF as setup.sh builds it; only sm_90 (the H200) to keep the build short
-  (cd /tmp/lcp/llama_cpp_python-* && CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" \
+  (cd "$(ls -d /tmp/lcp/llama_cpp_python-*/ | head -1)" && CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" \
     CMAKE_BUILD_PARALLEL_LEVEL=12 python3 -m pip wheel -q --no-build-isolation --no-deps --no-index . -w /tmp/lcpw \
     >/tmp/lcpw.log 2>&1; echo "llama build exit $?" >>/tmp/lcpw.log) &
 fi

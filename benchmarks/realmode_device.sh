@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One real-mode call on the GPU machine, in one command (inline commands there went wrong: GPU_NOTES.md, fourth session):
+# install the carried wheels, write the rehearsal checkpoints the notebooks need, run them one at a time at one card
+# size (the emulated card counts every process on the GPU, so never two at once), results and executed notebooks
+# under $OUT.
+#   bash benchmarks/realmode_device.sh CARD_GB "NN NN ..." [WHEEL_FOLDER ...]
+#   e.g. LLMKIT_COMMIT=abc1234 bash benchmarks/realmode_device.sh 24 "06 08" .whl .whlz
+# With 08 (llama.cpp) in the list and no llama-cpp-python wheel built on this machine yet, it builds one in the
+# background first (about 5 min, GPU_NOTES.md) and runs 08 last, once the build is done.
+set -u
+card=$1 notebooks=$2
+shift 2
+export LLMKIT_STANDIN=0 PIP_NO_INDEX=1  # PIP_NO_INDEX: LLaMA-Factory's install fails at once here (no network)
+case " $notebooks " in *" 08 "*) export LLAMA_BUILD=1 ;; esac
+source benchmarks/device_setup.sh "$@"
+
+models="Qwen/Qwen2-7B-Instruct"
+case " $notebooks " in *" 03 "*) models="$models Qwen/Qwen2-72B-Instruct-GPTQ-Int4 Qwen/Qwen1.5-7B-Chat-GPTQ-Int4" ;; esac
+case " $notebooks " in *" 04 "*) models="$models xverse/XVERSE-7B-Chat" ;; esac
+start=$(date +%s)
+# shellcheck disable=SC2086  # one argument per model id
+python3 -m llmkit.cli rehearse $models >"$OUT/rehearse.log" 2>&1 || { tail -5 "$OUT/rehearse.log"; exit 1; }
+echo "rehearsal checkpoints ($models): $(( $(date +%s) - start )) s"
+
+run() {
+  python3 benchmarks/realmode_gpu.py --cards "$card" --notebooks "$1" --out "$OUT" --keep "$OUT/nb" \
+    --cell-timeout 300 --notebook-timeout "${NOTEBOOK_TIMEOUT:-480}" 2>&1 | grep -v "WARNING\|MissingIDField\|_validate(" | tail -2
+}
+for number in $notebooks; do
+  [ "$number" = 08 ] && continue
+  run "$number"
+done
+if [ -n "${LLAMA_BUILD:-}" ]; then
+  while ! grep -q "llama build exit" /tmp/lcpw.log 2>/dev/null && ! ls /tmp/lcpw/*.whl >/dev/null 2>&1; do sleep 5; done
+  tail -1 /tmp/lcpw.log 2>/dev/null
+  if ls /tmp/lcpw/*.whl >/dev/null 2>&1; then
+    source benchmarks/device_setup.sh  # installs the built wheel and registers the llama.cpp notebook's kernel
+    run 08
+  else
+    echo "08 not run: the llama-cpp-python build failed (/tmp/lcpw.log)"; tail -15 /tmp/lcpw.log
+  fi
+fi
