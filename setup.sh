@@ -176,7 +176,6 @@ install_llama_cpp() {
   if [ "$(cat "$stamp" 2>/dev/null)" = "$spec $flags" ] && [ -f "$converter/convert_hf_to_gguf.py" ]; then
     stage "llama-cpp-python: $spec already built with CMAKE_ARGS='$flags'"
     pip_install -q -r requirements-llamacpp.txt  # its runtime dependencies, should they be missing
-    register_llama_kernel
     return
   fi
   tmp="$(mktemp -d)"
@@ -201,7 +200,6 @@ install_llama_cpp() {
   pip_install -q -r requirements-llamacpp.txt  # its runtime dependencies (it was built with --no-deps)
   echo "$spec $flags" > "$stamp"
   stage "llama-cpp-python built; llama.cpp's converter in $converter"
-  register_llama_kernel
 }
 
 register_llama_kernel() {
@@ -295,6 +293,7 @@ fi
 .venv/bin/python -m ipykernel install --user --name llmkit --display-name "Python (llmkit)" >/dev/null
 if [ -n "$with_llama_cpp" ]; then
   install_llama_cpp
+  register_llama_kernel
 elif ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
   stage "llama-cpp-python (notebook 08) is not installed: bash setup.sh llama-cpp compiles it (minutes)"
 fi

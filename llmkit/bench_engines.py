@@ -51,9 +51,13 @@ def require_engine(backend: str) -> None:
 
     >>> require_engine("llamacpp")  # doctest: +SKIP
     """
+    if importlib.util.find_spec(ENGINES[backend][0]) is None:
+        raise _not_installed(backend)
+
+
+def _not_installed(backend: str) -> BadInput:
     package, install = ENGINES[backend]
-    if importlib.util.find_spec(package) is None:
-        raise BadInput(f"backend {backend!r} needs the {package} package, which is not installed: {install}")
+    return BadInput(f"backend {backend!r} needs the {package} package, which is not installed: {install}")
 
 
 def require_engine_python(backend: str) -> str:
@@ -64,8 +68,7 @@ def require_engine_python(backend: str) -> str:
     """
     python = engine_python(backend)
     if python is None:
-        package, install = ENGINES[backend]
-        raise BadInput(f"backend {backend!r} needs the {package} package, which is not installed: {install}")
+        raise _not_installed(backend)
     return python
 
 

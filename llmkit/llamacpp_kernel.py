@@ -32,7 +32,7 @@ def kernel_json(python: str = sys.executable) -> dict:
             "display_name": DISPLAY_NAME, "language": "python", "metadata": {"debugger": True}}
 
 
-def install(user: bool = True, prefix: str | None = None) -> str:
+def install(prefix: str | None = None) -> str:
     """Register the kernel with Jupyter (for this user, or under ``prefix``); returns the kernelspec's folder.
 
     >>> install()  # doctest: +SKIP
@@ -42,7 +42,7 @@ def install(user: bool = True, prefix: str | None = None) -> str:
 
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "kernel.json").write_text(json.dumps(kernel_json(), indent=1), encoding="utf-8")
-        return KernelSpecManager().install_kernel_spec(folder, KERNEL_NAME, user=user and prefix is None, prefix=prefix)
+        return KernelSpecManager().install_kernel_spec(folder, KERNEL_NAME, user=prefix is None, prefix=prefix)
 
 
 def launch() -> None:
