@@ -6,12 +6,14 @@
 #   bash benchmarks/realmode_device.sh CARD_GB "NN NN ..." [WHEEL_FOLDER ...]
 #   e.g. LLMKIT_COMMIT=abc1234 bash benchmarks/realmode_device.sh 24 "06 08" .whl .whlz
 # With 08 (llama.cpp) in the list and no llama-cpp-python wheel built on this machine yet, it builds one in the
-# background first (about 5 min, GPU_NOTES.md) and runs 08 last, once the build is done.
+# background first (about 5 min, GPU_NOTES.md) and runs 08 last, once the build is done. LLAMA_BUILD=1 with a list
+# without 08 starts that build for the next call on the same (still held) machine.
 set -u
 card=$1 notebooks=$2
 shift 2
 export LLMKIT_STANDIN=0 PIP_NO_INDEX=1  # PIP_NO_INDEX: LLaMA-Factory's install fails at once here (no network)
-case " $notebooks " in *" 08 "*) export LLAMA_BUILD=1 ;; esac
+with_08=; case " $notebooks " in *" 08 "*) with_08=1 ;; esac
+[ -n "$with_08" ] && export LLAMA_BUILD=1  # LLAMA_BUILD=1 without 08 starts the build for a later call
 source benchmarks/device_setup.sh "$@"
 
 models="Qwen/Qwen2-7B-Instruct"
@@ -30,7 +32,7 @@ for number in $notebooks; do
   [ "$number" = 08 ] && continue
   run "$number"
 done
-if [ -n "${LLAMA_BUILD:-}" ]; then
+if [ -n "$with_08" ]; then
   while ! grep -q "llama build exit" /tmp/lcpw.log 2>/dev/null && ! ls /tmp/lcpw/*.whl >/dev/null 2>&1; do sleep 5; done
   tail -1 /tmp/lcpw.log 2>/dev/null
   if ls /tmp/lcpw/*.whl >/dev/null 2>&1; then
