@@ -85,15 +85,17 @@ def _environ(pid: str) -> dict:
 
 
 def describe_process(pid: str) -> str:
-    """A GPU process's command line and whether the card emulation reaches it (``LLMKIT_CARD_GB`` and the
-    ``card_hook`` on its ``PYTHONPATH``), read from /proc; says so when it cannot be read."""
+    """A GPU process's command line and whether the card emulation reaches it, read from /proc: ``LLMKIT_CARD_GB``
+    in its environment (llmkit applies the cap in a notebook's kernel; other processes need the ``card_hook`` on
+    their ``PYTHONPATH`` too); says so when it cannot be read."""
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError as error:
         return f"not readable ({error.strerror})"
     environ = _environ(pid)
-    hooked = b"LLMKIT_CARD_GB" in environ and b"card_hook" in environ.get(b"PYTHONPATH", b"")
-    return f"{b' '.join(command[:4]).decode(errors='replace')[:160]}; card emulation {'on' if hooked else 'OFF'}"
+    how = ("OFF" if b"LLMKIT_CARD_GB" not in environ
+           else "on (card_hook)" if b"card_hook" in environ.get(b"PYTHONPATH", b"") else "on if llmkit loads the model")
+    return f"{b' '.join(command[:4]).decode(errors='replace')[:160]}; card emulation {how}"
 
 
 def cell_report(nb) -> dict:

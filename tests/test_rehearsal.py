@@ -192,15 +192,17 @@ def test_the_gpu_runner_tells_which_processes_the_card_emulation_reaches():
     import realmode_gpu
 
     env = card.child_env({**os.environ, card.CARD_ENV: "24"})
+    no_hook = {**env, "PYTHONPATH": ""}  # a kernel: llmkit applies the cap itself when it loads the model
     sleepers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=e)
-                for e in (env, {k: v for k, v in env.items() if k != card.CARD_ENV})]
+                for e in (env, no_hook, {k: v for k, v in env.items() if k != card.CARD_ENV})]
     try:
         seen = [realmode_gpu.describe_process(str(p.pid)) for p in sleepers]
     finally:
         for p in sleepers:
             p.kill()
             p.wait()
-    assert seen[0].endswith("card emulation on") and seen[1].endswith("card emulation OFF")
+    assert seen[0].endswith("card emulation on (card_hook)") and seen[2].endswith("card emulation OFF")
+    assert seen[1].endswith("card emulation on if llmkit loads the model")
     assert "time.sleep(30)" in seen[0]
     assert realmode_gpu.describe_process("999999999").startswith("not readable")
 

@@ -1,0 +1,113 @@
+"""Why notebook 06's "free the trained model" step leaves the 7B on the GPU in real mode (GPU machine, 24 GB card:
+"after freeing: 14.25 GiB allocated", then the merged model's reload is offloaded to the CPU and the evaluation
+crawls). On the CPU stand-in, in a script and in a Jupyter kernel, the model is freed.
+
+Runs notebook 06 itself, in a Jupyter kernel, up to the ``del`` (training shortened to a few steps), then reports
+what still holds the model and the largest CUDA tensors, as chains of referrers:
+
+    python benchmarks/lora_free_probe.py --card 24 --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+
+sys.path.insert(0, str(Path(__file__).parent))
+import realmode_gpu  # noqa: E402
+
+NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "06_lora_finetune.ipynb"
+FREE_CELL_END = "reloaded ="  # notebook 06's reload follows the del / empty_cache
+SHORTER = {"num_train_epochs=3.0 if STANDIN else 15.0": "num_train_epochs=3.0",  # 9 steps, a save at step 3
+           "save_steps=40 if STANDIN else 15, eval_steps=40 if STANDIN else 15": "save_steps=3, eval_steps=3",
+           "assert steps >= 40": "assert steps >= 1"}
+DIAGNOSIS = '''
+import sys, types, torch
+
+def owners(obj, depth=0, seen=None, limit=4):
+    """Print who refers to obj, up to `limit` levels; skip this cell's own frames and lists of gc."""
+    seen = seen if seen is not None else {id(obj)}
+    if depth >= limit:
+        return
+    seen_list = gc.get_referrers(obj)
+    for ref in seen_list:
+        if id(ref) in seen or isinstance(ref, (types.FrameType, types.CellType)) or ref is globals() or ref is seen_list:
+            if ref is globals():
+                print("  " * depth + "<- notebook globals: " + str([k for k, v in ref.items() if v is obj]))
+            continue
+        seen.add(id(ref))
+        label = type(ref).__module__ + "." + type(ref).__qualname__
+        if isinstance(ref, dict):
+            label += " keys " + str([k for k, v in ref.items() if v is obj][:5])
+        elif isinstance(ref, (list, tuple)):
+            label += f" len {len(ref)}"
+        print("  " * depth + "<- " + label[:200])
+        owners(ref, depth + 1, seen, limit)
+
+gc.collect()
+print(f"allocated after del: {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
+held = PROBE_MODEL()
+print("model still alive:", held is not None)
+if held is not None:
+    owners(held)
+    del held
+gc.collect()
+tensors = [o for o in gc.get_objects() if torch.is_tensor(o) and o.is_cuda]
+print(f"{len(tensors)} CUDA tensors reachable by gc, {sum(t.numel() * t.element_size() for t in tensors) / 2**30:.2f} GiB")
+for t in sorted(tensors, key=lambda t: -t.numel() * t.element_size())[:3]:
+    print("tensor", tuple(t.shape), t.dtype)
+    owners(t, limit=5)
+'''
+
+
+def probe_notebook(path: Path = NOTEBOOK):
+    """Notebook 06 up to its ``del`` of the trained model, with a weak reference taken at load and the diagnosis
+    cell at the end (raises if the notebook's text it patches has changed)."""
+    nb = nbformat.read(path, as_version=4)
+    cells = []
+    for cell in nb.cells:
+        cell = copy.deepcopy(cell)
+        if cell.cell_type == "code":
+            for old, new in SHORTER.items():
+                cell.source = cell.source.replace(old, new)
+            if "model, tokenizer = llmkit.load(MODEL)" in cell.source:
+                cell.source += "\nimport weakref\nPROBE_MODEL = weakref.ref(model)"
+            if FREE_CELL_END in cell.source:
+                cell.source = cell.source.split(FREE_CELL_END)[0]
+                cells += [cell, nbformat.v4.new_code_cell(DIAGNOSIS)]
+                break
+        cells.append(cell)
+    text = "\n".join(c.source for c in cells)
+    missing = [new for new in [*SHORTER.values(), "PROBE_MODEL = weakref", "allocated after del"] if new not in text]
+    if missing:
+        raise SystemExit(f"notebook 06 changed, the probe no longer patches it: {missing}")
+    nb.cells = cells
+    return nb
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--card", type=int, default=24)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    probe = NOTEBOOK.with_name("probe_06_free.ipynb")  # beside 06: its relative paths hold
+    nbformat.write(probe_notebook(), probe)
+    try:
+        report = realmode_gpu.run_notebook(probe, args.card, args.out, timeout_s=300, notebook_timeout_s=400)
+    finally:
+        probe.unlink()
+    executed = nbformat.read(args.out / f"{probe.stem}_{args.card}gb.ipynb", as_version=4)
+    report["diagnosis"] = "".join(o.get("text", "") for o in executed.cells[-1].outputs if o.output_type == "stream")
+    (args.out / "lora_free_probe.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    print(report["diagnosis"] or json.dumps(report["failures"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
