@@ -3,7 +3,7 @@
 crawls). On the CPU stand-in, in a script and in a Jupyter kernel, the model is freed.
 
 Runs notebook 06 itself, in a Jupyter kernel, up to the ``del`` (training shortened to a few steps), then reports
-what still holds the model and the largest CUDA tensors, as chains of referrers:
+whether the two Trainers are still alive and what still holds the model, as chains of referrers:
 
     python benchmarks/lora_free_probe.py --card 24 --out $OUT
 """
@@ -28,40 +28,44 @@ SHORTER = {"num_train_epochs=3.0 if STANDIN else 15.0": "num_train_epochs=3.0", 
            "assert steps >= 40": "assert steps >= 1"}
 DIAGNOSIS = '''
 import sys, types, torch
+NOISE = (types.FrameType, types.CellType, type(iter([])), type(iter(())))
 
-def owners(obj, depth=0, seen=None, limit=4):
-    """Print who refers to obj, up to `limit` levels; skip this cell's own frames and lists of gc."""
-    seen = seen if seen is not None else {id(obj)}
-    if depth >= limit:
-        return
-    seen_list = gc.get_referrers(obj)
-    for ref in seen_list:
-        if id(ref) in seen or isinstance(ref, (types.FrameType, types.CellType)) or ref is globals() or ref is seen_list:
+def chains(obj, depth=10, paths=12):
+    """Print chains of referrers from obj up to a notebook global, a module or `depth` steps, one per line."""
+    objects, mine = {id(obj): obj}, set()  # the stack holds ids and labels only: it never refers to what it walks
+    stack, found = [(id(obj), (), ())], 0
+    while stack and found < paths:
+        node_id, ids, labels = stack.pop()
+        node = objects[node_id]
+        refs = gc.get_referrers(node)
+        mine.add(id(refs))
+        for ref in refs:
+            if isinstance(ref, NOISE) or id(ref) in mine or ref is objects or id(ref) in ids or id(ref) == id(obj):
+                continue
             if ref is globals():
-                print("  " * depth + "<- notebook globals: " + str([k for k, v in ref.items() if v is obj]))
-            continue
-        seen.add(id(ref))
-        label = type(ref).__module__ + "." + type(ref).__qualname__
-        if isinstance(ref, dict):
-            label += " keys " + str([k for k, v in ref.items() if v is obj][:5])
-        elif isinstance(ref, (list, tuple)):
-            label += f" len {len(ref)}"
-        print("  " * depth + "<- " + label[:200])
-        owners(ref, depth + 1, seen, limit)
+                label = "globals " + str([k for k, v in ref.items() if v is node])
+            else:
+                label = type(ref).__module__ + "." + type(ref).__qualname__
+                if isinstance(ref, dict):
+                    label += str([k for k, v in ref.items() if v is node][:3])
+                elif isinstance(ref, (list, tuple)):
+                    label += f"[{len(ref)}]"
+            if ref is globals() or isinstance(ref, types.ModuleType) or len(labels) + 1 >= depth:
+                print(" <- ".join(labels + (label[:120],)))
+                found += 1
+            else:
+                objects[id(ref)] = ref
+                stack.append((id(ref), ids + (id(ref),), labels + (label[:120],)))
+        del refs, node
 
 gc.collect()
 print(f"allocated after del: {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
+print("trainers alive:", [t() is not None for t in PROBE_TRAINERS])
 held = PROBE_MODEL()
 print("model still alive:", held is not None)
 if held is not None:
-    owners(held)
+    chains(held)
     del held
-gc.collect()
-tensors = [o for o in gc.get_objects() if torch.is_tensor(o) and o.is_cuda]
-print(f"{len(tensors)} CUDA tensors reachable by gc, {sum(t.numel() * t.element_size() for t in tensors) / 2**30:.2f} GiB")
-for t in sorted(tensors, key=lambda t: -t.numel() * t.element_size())[:3]:
-    print("tensor", tuple(t.shape), t.dtype)
-    owners(t, limit=5)
 '''
 
 
@@ -76,14 +80,16 @@ def probe_notebook(path: Path = NOTEBOOK):
             for old, new in SHORTER.items():
                 cell.source = cell.source.replace(old, new)
             if "model, tokenizer = llmkit.load(MODEL)" in cell.source:
-                cell.source += "\nimport weakref\nPROBE_MODEL = weakref.ref(model)"
+                cell.source += "\nimport weakref\nPROBE_MODEL, PROBE_TRAINERS = weakref.ref(model), []"
+            if "trainer.train(" in cell.source:
+                cell.source += "\nPROBE_TRAINERS.append(weakref.ref(trainer))"
             if FREE_CELL_END in cell.source:
                 cell.source = cell.source.split(FREE_CELL_END)[0]
                 cells += [cell, nbformat.v4.new_code_cell(DIAGNOSIS)]
                 break
         cells.append(cell)
     text = "\n".join(c.source for c in cells)
-    missing = [new for new in [*SHORTER.values(), "PROBE_MODEL = weakref", "allocated after del"] if new not in text]
+    missing = [new for new in [*SHORTER.values(), "PROBE_MODEL, PROBE_TRAINERS = weakref", "allocated after del"] if new not in text]
     if missing:
         raise SystemExit(f"notebook 06 changed, the probe no longer patches it: {missing}")
     nb.cells = cells
