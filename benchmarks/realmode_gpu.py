@@ -217,6 +217,10 @@ def _course_map_cell(run: dict | None) -> str:
         return f"not valid at this size: peak {run['peak_gpu_gib']} GiB is over the card ({run['failed']} cells failed)"
     if any("DeadKernelError" in failure["error"] for failure in run["failures"]):
         return f"the kernel died after {run['passed']} cells"
+    if any(failure["error"].startswith("NotebookTimeLimit") for failure in run["failures"]):
+        failed = run["failed"] - 1
+        return (f"stopped by the time limit after {run['passed'] + failed} cells"
+                + (f" ({failed} failed)" if failed else "") + f"; peak {run['peak_gpu_gib']} GiB so far")
     if run["failed"]:
         return f"{run['failed']} of {run['passed'] + run['failed'] + run['skipped_by_notebook']} cells failed"
     if run["skipped_by_notebook"]:

@@ -226,3 +226,26 @@ def test_a_python_without_llmkits_dependencies_says_the_card_is_not_emulated_and
     done = subprocess.run([str(tmp_path / "bare" / "bin" / "python"), "-c", "print('ran')"], env=env,
                           capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "ran" and "LLMKIT_CARD_GB is not applied" in done.stderr
+
+
+def test_the_course_map_says_when_a_notebook_ran_out_of_time():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import realmode_gpu
+
+    run = {"passed": 6, "failed": 2, "skipped_by_notebook": 0, "peak_gpu_gib": 15.49, "card_gb": 24, "wall_s": 280.0,
+           "failures": [{"cell": 11, "error": "AssertionError: "},
+                        {"cell": None, "error": "NotebookTimeLimit: stopped after 280 s (--notebook-timeout)"}]}
+    assert realmode_gpu._course_map_cell(run) == "stopped by the time limit after 7 cells (1 failed); peak 15.49 GiB so far"
+    run["failures"] = run["failures"][:1]
+    run["failed"] = 1
+    assert realmode_gpu._course_map_cell(run) == "1 of 7 cells failed"
+
+
+def test_the_lora_free_probe_still_patches_notebook_06():
+    """benchmarks/lora_free_probe.py rewrites notebook 06's text; it must fail here, not on the GPU, when 06 changes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import lora_free_probe
+
+    cells = lora_free_probe.probe_notebook().cells
+    assert "reloaded =" not in cells[-2].source and "del model" in cells[-2].source
+    assert "PROBE_MODEL()" in cells[-1].source
