@@ -27,36 +27,65 @@ SHORTER = {"num_train_epochs=3.0 if STANDIN else 15.0": "num_train_epochs=3.0", 
            "save_steps=40 if STANDIN else 15, eval_steps=40 if STANDIN else 15": "save_steps=3, eval_steps=3",
            "assert steps >= 40": "assert steps >= 1"}
 DIAGNOSIS = '''
-import sys, types, torch
-NOISE = (types.FrameType, types.CellType, type(iter([])), type(iter(())))
+import sys, threading, types, torch
+ITERATORS = (type(iter([])), type(iter(())))
+
+def keys_of(mapping, value):
+    keys = []
+    for key, item in mapping.items():
+        if item is value:
+            keys.append(key)
+    return keys[:3]
 
 def chains(obj, depth=10, paths=12):
-    """Print chains of referrers from obj up to a notebook global, a module or `depth` steps, one per line."""
+    """Print chains of referrers from obj up to a notebook global, a module, a frame outside this cell (another
+    thread, a generator) or `depth` steps, one per line."""
+    own_frames, frame = set(), sys._getframe()
+    while frame is not None:
+        own_frames.add(id(frame))
+        frame = frame.f_back
     objects, mine = {id(obj): obj}, set()  # the stack holds ids and labels only: it never refers to what it walks
-    stack, found = [(id(obj), (), ())], 0
+    stack, found = [(id(obj), ())], 0
     while stack and found < paths:
-        node_id, ids, labels = stack.pop()
+        node_id, labels = stack.pop(0)  # breadth first: the shortest chains first
         node = objects[node_id]
         refs = gc.get_referrers(node)
         mine.add(id(refs))
         for ref in refs:
-            if isinstance(ref, NOISE) or id(ref) in mine or ref is objects or id(ref) in ids or id(ref) == id(obj):
+            if (isinstance(ref, ITERATORS) or id(ref) in mine or id(ref) in own_frames or ref is objects
+                    or id(ref) in objects):  # each object once, on its shortest chain
                 continue
+            module = sys.modules.get(ref.get("__name__", "")) if isinstance(ref, dict) else None
             if ref is globals():
-                label = "globals " + str([k for k, v in ref.items() if v is node])
+                label = "globals " + str(keys_of(ref, node))
+            elif module is not None and vars(module) is ref:
+                label = f"module {module.__name__} {keys_of(ref, node)}"
+            elif isinstance(ref, types.FrameType):
+                label = f"frame {ref.f_code.co_name} {ref.f_code.co_filename}:{ref.f_lineno}"
             else:
                 label = type(ref).__module__ + "." + type(ref).__qualname__
                 if isinstance(ref, dict):
-                    label += str([k for k, v in ref.items() if v is node][:3])
+                    label += str(keys_of(ref, node))
                 elif isinstance(ref, (list, tuple)):
                     label += f"[{len(ref)}]"
-            if ref is globals() or isinstance(ref, types.ModuleType) or len(labels) + 1 >= depth:
-                print(" <- ".join(labels + (label[:120],)))
+            if (ref is globals() or label.startswith("module ") or isinstance(ref, (types.ModuleType, types.FrameType))
+                    or len(labels) + 1 >= depth):
+                print(" <- ".join(labels + (label[:160],)))
                 found += 1
             else:
                 objects[id(ref)] = ref
-                stack.append((id(ref), ids + (id(ref),), labels + (label[:120],)))
+                stack.append((id(ref), labels + (label[:160],)))
         del refs, node
+    for thread, frame in sys._current_frames().items():  # running frames of other threads are not gc-tracked
+        while frame is not None and thread != threading.get_ident():
+            for name, value in frame.f_locals.items():
+                if id(value) in objects:
+                    print(f"thread {thread}: {frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno}) "
+                          f"local {name!r}: {type(value).__qualname__}")
+                    found += 1
+            frame = frame.f_back
+    if not found:
+        print("no chain: held outside Python containers (C: an autograd node, a torch hook) or by this cell")
 
 gc.collect()
 print(f"allocated after del: {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
