@@ -191,10 +191,10 @@ def machine() -> dict:
 
 
 def code_version() -> str | None:
-    """The commit the notebooks ran at: ``$LLMKIT_COMMIT`` (the GPU machine's copy of the tree may carry a stale
-    .git), else ``git rev-parse HEAD``."""
+    """The commit the notebooks ran at: ``$LLMKIT_COMMIT``, else ``git describe --always --dirty``: the GPU
+    machine's copy of the tree may carry a stale .git, and then the commit it names ends in "-dirty"."""
     return os.environ.get("LLMKIT_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or None
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or None
 
 
 def readme_table(results: Path = ROOT / "benchmarks" / "results", cards: tuple[int, ...] = (24, 40, 80)) -> str:

@@ -249,3 +249,19 @@ def test_the_lora_free_probe_still_patches_notebook_06():
     cells = lora_free_probe.probe_notebook().cells
     assert "reloaded =" not in cells[-2].source and "del model" in cells[-2].source
     assert "PROBE_MODEL()" in cells[-1].source
+
+
+def test_the_gpu_runner_marks_a_commit_whose_tree_was_changed(tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import realmode_gpu
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "f").write_text("a")
+    subprocess.run([*git, "add", "f"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    monkeypatch.delenv("LLMKIT_COMMIT", raising=False)
+    monkeypatch.setattr(realmode_gpu, "ROOT", tmp_path)
+    assert not realmode_gpu.code_version().endswith("-dirty")
+    (tmp_path / "f").write_text("b")  # a newer tree copied over a stale .git
+    assert realmode_gpu.code_version().endswith("-dirty")
