@@ -11,8 +11,10 @@ pin_hf_home()  # before anything imports gptqmodel, whose tokenicer would move t
 
 from llmkit.env import quiet_torchao_on_cpu_torch  # noqa: E402
 from llmkit.cuda_toolkit import use_venv_toolkit  # noqa: E402
+from llmkit.import_fixes import forget_gptqmodel_import_tracebacks  # noqa: E402
 
 quiet_torchao_on_cpu_torch()
+forget_gptqmodel_import_tracebacks()  # else a model in the call that first imports gptqmodel outlives its `del`
 use_venv_toolkit()  # nvcc from NVIDIA's wheels for gptqmodel's kernel builds, where setup.sh installed them
 
 from llmkit.doctor import doctor  # noqa: E402  (after pin_hf_home)

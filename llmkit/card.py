@@ -21,12 +21,11 @@ True
 from __future__ import annotations
 
 import functools
-import importlib.abc
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
+from llmkit import import_fixes
 from llmkit.errors import BadInput
 
 CARD_ENV = "LLMKIT_CARD_GB"
@@ -102,43 +101,17 @@ def install_import_hook() -> None:
     """Cap the allocator as soon as torch is imported and CUDA starts (``torch.cuda._lazy_call``); what the
     ``sitecustomize`` on ``child_env()``'s ``PYTHONPATH`` calls in every Python process.
 
-    >>> install_import_hook(); install_import_hook(); sum(isinstance(f, _CapWhenTorchLoads) for f in sys.meta_path) <= 1
-    True
+    >>> install_import_hook(); install_import_hook()
     """
-    if "torch" in sys.modules:
-        _cap(sys.modules["torch"])
-    elif not any(isinstance(finder, _CapWhenTorchLoads) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _CapWhenTorchLoads())
+    import_fixes.after_import("torch", _queue_cap)
 
 
-class _CapWhenTorchLoads(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader of torch's spec so that, when torch is imported, torch's own loader
-    runs and then the cap is queued for CUDA's start. It stays in place until torch is really loaded: a mere look-up
-    (``importlib.util.find_spec("torch")``, as transformers' ``is_torch_available`` does) must not use it up."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "torch":
-            return None
-        spec = None
-        for finder in (f for f in sys.meta_path if f is not self and hasattr(f, "find_spec")):
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_and_queue(module):
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
-            exec_module(module)
-            # now, not when CUDA starts: the first mem_get_info call may be what starts CUDA (transformers'
-            # continuous batching sizes its cache with it), and that call would see the whole GPU
-            _emulate_mem_get_info(module)
-            module.cuda._lazy_call(lambda: _cap(module))  # runs once CUDA is initialised, or now if it is
-
-        spec.loader.exec_module = exec_and_queue
-        return spec
+def _queue_cap(torch) -> None:
+    """Report the emulated card now, not when CUDA starts: the first ``mem_get_info`` call may be what starts CUDA
+    (transformers' continuous batching sizes its cache with it), and that call would see the whole GPU; cap the
+    allocator once CUDA is initialised, or now if it is."""
+    _emulate_mem_get_info(torch)
+    torch.cuda._lazy_call(lambda: _cap(torch))
 
 
 def _cap(torch) -> None:

@@ -169,7 +169,7 @@ def test_an_emulated_card_is_what_fit_checks_and_the_doctor_see(monkeypatch):
 def test_python_processes_started_with_child_env_queue_the_cap_for_cuda_start(monkeypatch):
     env = card.child_env({**os.environ, card.CARD_ENV: "24"})
     probe = ("import sys; assert 'torch' not in sys.modules; import torch; "
-             "print(any('_CapWhenTorchLoads' in c[0].__qualname__ for c in torch.cuda._queued_calls) or torch.cuda.is_initialized())")
+             "print(any('_queue_cap' in c[0].__qualname__ for c in torch.cuda._queued_calls) or torch.cuda.is_initialized())")
     with_hook = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     env.pop(card.CARD_ENV)
     without = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
