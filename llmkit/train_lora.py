@@ -176,8 +176,8 @@ def run(argv: list[str] | None = None) -> dict:
         output_dir=a.out, max_steps=a.max_steps, num_train_epochs=a.epochs, learning_rate=a.learning_rate,
         per_device_train_batch_size=a.per_device_batch_size, gradient_accumulation_steps=accumulation,
         lr_scheduler_type="cosine", warmup_steps=a.warmup_steps, logging_steps=a.logging_steps,
-        save_steps=a.save_steps, save_total_limit=2, bf16=bf16, gradient_checkpointing=a.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False}, ddp_find_unused_parameters=False,
+        save_steps=a.save_steps, save_total_limit=2, bf16=bf16, activation_checkpointing=a.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False}, ddp_find_unused_parameters=False,
         use_cpu=not cuda, report_to="none", seed=a.seed, data_seed=a.seed, disable_tqdm=True,
         dataloader_num_workers=0, include_num_input_tokens_seen="non_padding")
     if args.world_size != processes:
