@@ -34,7 +34,7 @@ def test_chat_standin_remembers_only_with_history(chat_dir):
 def test_chat_standin_files_match_qwen2_layout(chat_dir):
     config = json.loads((chat_dir / "config.json").read_text())
     generation = json.loads((chat_dir / "generation_config.json").read_text())
-    assert config["model_type"] == "qwen2" and config["dtype"] == "bfloat16"
+    assert config["model_type"] == "qwen2" and config["dtype"] == "float32"  # unlike Qwen2 (bf16): fast on any CPU
     assert generation["eos_token_id"] == [151645, 151643] and generation["pad_token_id"] == 151643
     assert (chat_dir / "tokenizer.json").is_file() and (chat_dir / "model.safetensors").is_file()
 

@@ -53,9 +53,11 @@ STANDINS: dict[str, StandIn] = {
     for s in [
         StandIn(
             "qwen2-chat",
-            "tiny Qwen2ForCausalLM, real Qwen2 tokenizer and chat template, memorised bilingual Q&A (bf16)",
+            "tiny Qwen2ForCausalLM, real Qwen2 tokenizer and chat template, memorised bilingual Q&A (float32)",
             ("Qwen/Qwen2-7B-Instruct", "Qwen/Qwen2-72B-Instruct", "Qwen/Qwen2-0.5B-Instruct", "Qwen/Qwen2-1.5B-Instruct"),
-            2,  # v2: LM head untied from the embeddings, as in Qwen2-7B/72B (LoRA on it merges cleanly)
+            # v2: LM head untied from the embeddings, as in Qwen2-7B/72B (LoRA on it merges cleanly);
+            # v3: stored in float32, not bf16 (qwen2_chat.build_qwen2_chat says why)
+            3,
             _build_chat,
         ),
         StandIn(
@@ -105,7 +107,7 @@ def standin_dir(kind: str) -> Path:
     """The directory a stand-in is (or will be) cached in; the recipe version is part of the name.
 
     >>> standin_dir("qwen2-chat").name
-    'qwen2-chat-v2'
+    'qwen2-chat-v3'
     """
     return cache_root() / f"{kind}-v{_get(kind).recipe_version}"
 
