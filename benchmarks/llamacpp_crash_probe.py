@@ -4,6 +4,7 @@ variant names, loads the GGUF with all layers on the GPU and generates 4 tokens;
 lines of a fault are recorded in JSON.
 
     python benchmarks/llamacpp_crash_probe.py model-f16.gguf --out $OUT/llamacpp_crash_probe.json
+    python benchmarks/llamacpp_crash_probe.py model-f16.gguf --only figure --out ...   # variants whose name has "figure"
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def fix_env(results: dict) -> dict:
     """The environment of the first variant that passed where the same imports without it crashed ({} if none)."""
     for name, (imports, env, settings) in VARIANTS.items():
         plain = next((n for n, (i, e, st) in VARIANTS.items() if i == imports and not e and not st), None)
-        if env and results[name]["ok"] and plain and not results[plain]["ok"]:
+        if env and name in results and plain in results and results[name]["ok"] and not results[plain]["ok"]:
             return env
     return {}
 
@@ -79,11 +80,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("gguf", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--only", default="", help="run only the variants whose name contains this text")
     args = parser.parse_args()
     import llama_cpp
 
     results = {}
     for name, (imports, env, settings) in VARIANTS.items():
+        if args.only not in name:
+            continue
         results[name] = run_variant(args.gguf, imports, env, settings)
         print(f"{name:55s} exit {results[name]['exit_code']}", flush=True)
     crashing = next((VARIANTS[n][0] for n, r in results.items() if not r["ok"]), None)
