@@ -6,7 +6,8 @@ top to bottom with nbclient (the engine nbval drives): a cell fails exactly when
 Recorded per notebook: cells passed / failed (with the error) / skipped by the notebook (cells that print a line
 starting with ``[skipped]``, with that line), peak GPU memory of the run's processes (the kernel and what it
 starts; nvidia-smi every 0.25 s, with the per-process lines at the peak; ``over_card`` when the peak is over the
-emulated card, which makes the run invalid for that size), disk written, wall time; the executed notebooks are kept (``--keep``) for reading.
+emulated card, which makes the run invalid for that size), disk written, wall time, and the Python stacks of a
+process that died (``fault_stacks``, from ``fault_log/sitecustomize.py``); the executed notebooks are kept (``--keep``) for reading.
 
     python benchmarks/realmode_gpu.py --cards 24 80 --notebooks 00 02 05 --out $OUT
 """
@@ -33,6 +34,7 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_MARK = "[skipped]"
 RUN_TAG_ENV = "LLMKIT_REALMODE_RUN"  # marks the processes of one notebook run
+FAULT_HOOK = Path(__file__).resolve().parent / "fault_log"
 
 
 class PeakGpuMemory:
@@ -120,9 +122,12 @@ def cell_report(nb) -> dict:
 def run_notebook(path: Path, card: int, keep: Path, timeout_s: int, notebook_timeout_s: int) -> dict:
     env_before = dict(os.environ)
     tag = f"{path.stem}_{card}gb_{os.getpid()}"
+    faults = keep / f"faults_{path.stem}_{card}gb"
     os.environ.update({"LLMKIT_STANDIN": "0", "LLMKIT_CARD_GB": str(card), "HF_HUB_OFFLINE": "1",
                        "TQDM_DISABLE": "1", RUN_TAG_ENV: tag,
-                       "PYTHONFAULTHANDLER": "1"})  # a kernel that dies prints its Python stack to the run's log
+                       # a kernel that dies leaves its Python stacks in faults/<pid>.log (fault_log/sitecustomize.py)
+                       "LLMKIT_FAULT_LOG_DIR": str(faults),
+                       "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULT_HOOK), os.environ.get("PYTHONPATH")]))})
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout_s, kernel_name=kernel_for(nb), allow_errors=True,
                             resources={"metadata": {"path": str(path.parent)}})
@@ -143,9 +148,17 @@ def run_notebook(path: Path, card: int, keep: Path, timeout_s: int, notebook_tim
         report["failures"].append({"cell": None, "error": error})
         report["failed"] += 1
     return {**report, "peak_gpu_gib": gpu.peak_gib, "card_gb": card, "over_card": gpu.peak_gib > card,
-            "peak_processes": gpu.peak_processes,
+            "peak_processes": gpu.peak_processes, **fault_stacks(faults),
             "disk_written_gib": round((shutil.disk_usage("/").used - disk_before) / 2**30, 2),
             "wall_s": round(wall, 1)}
+
+
+def fault_stacks(folder: Path, lines: int = 40) -> dict:
+    """``{"fault_stacks": {pid: last lines}}`` of the processes that wrote a fatal fault's stacks into ``folder``
+    (``fault_log/sitecustomize.py``), ``{}`` when none did."""
+    logs = {log.stem: log.read_text(errors="replace").splitlines()[-lines:]
+            for log in sorted(folder.glob("*.log")) if log.stat().st_size}
+    return {"fault_stacks": logs} if logs else {}
 
 
 def kernel_for(nb) -> str:

@@ -15,6 +15,8 @@ text llmkit prints (the CLI passes every error line and ``--debug`` traceback th
 import os
 import re
 
+# Exit codes of the table above that the ``llmkit`` command and the apps use by name (130: interrupted, Ctrl-C).
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 1, 2, 3, 130
 SECRET_VARIABLE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)$", re.IGNORECASE)
 SECRET_PATTERNS = [
     (re.compile(r"\bhf_[A-Za-z0-9]{20,}"), "hf_***"),  # a Hugging Face access token, wherever it came from

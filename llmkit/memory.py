@@ -348,8 +348,13 @@ def _linear_bytes(in_f: int, out_f: int, bits: int, group: int, desc_act: bool) 
     return packed + scales + zeros + g_idx
 
 
-def _weight_parts(facts: ModelFacts, quant: str) -> dict:
-    """Bytes of the embeddings, the LM head (+ final norm), and one decoder layer."""
+def weight_parts(facts: ModelFacts, quant: str) -> dict:
+    """Bytes of the embeddings, the LM head (+ final norm), and one decoder layer, stored as ``quant``.
+
+    >>> parts = weight_parts(load_facts("Qwen/Qwen2-7B-Instruct"), "bf16")
+    >>> round(parts["embeddings"] / 2**30, 2)
+    1.02
+    """
     bits, group, desc_act = _quant_params(facts, quant)
     dense = 4 if quant == "fp32" else 2  # embeddings, lm_head, norms and biases stay 16-bit when quantized
     linear = sum(_linear_bytes(i, o, bits, group, desc_act) for i, o in facts.linear_shapes())
@@ -419,7 +424,7 @@ def estimate(model: str | os.PathLike | ModelFacts, quant: str | None = None, co
     prompt = int(context) if prompt_tokens is None else int(prompt_tokens)
     if not 1 <= prompt <= int(context):
         raise BadInput(f"prompt_tokens must be between 1 and context={context} (got {prompt_tokens})")
-    parts = _weight_parts(facts, quant)
+    parts = weight_parts(facts, quant)
     weights = parts["embeddings"] + parts["head"] + facts.layers * parts["layer"]
     per_layer_kv = 2 * facts.kv_heads * facts.head_dim * parts["dense_bytes"] * int(context) * int(batch)
     terms = _overhead_terms(facts, quant, prompt, int(batch), legacy_transformers)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 
 from llmkit.errors import BadInput
-from llmkit.memory import CUBLAS_WORKSPACE_GIB, CUDA_CONTEXT_GIB, GIB, ModelFacts, _weight_parts, load_facts, verdicts
+from llmkit.memory import CUBLAS_WORKSPACE_GIB, CUDA_CONTEXT_GIB, GIB, ModelFacts, weight_parts, load_facts, verdicts
 
 METHODS = ("lora", "qlora")
 NF4_BITS_PER_WEIGHT = 4 + 8 / 64 + 32 / (64 * 256)  # 4-bit codes, 8-bit absmax per 64, fp32 per 256 absmax
@@ -81,7 +81,7 @@ def estimate_training(model: str | os.PathLike | ModelFacts, method: str = "lora
     if min(rank, seq_len, batch) < 1:
         raise BadInput(f"rank, seq_len and batch must be positive (got {rank}, {seq_len}, {batch})")
     facts = load_facts(model)
-    parts = _weight_parts(facts, "bf16")
+    parts = weight_parts(facts, "bf16")
     if method == "lora":
         weights = parts["embeddings"] + parts["head"] + facts.layers * parts["layer"]
         dequant = 0

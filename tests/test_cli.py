@@ -49,6 +49,17 @@ def test_chat_json_reply(chat_dir):
     assert reply["reply"] == "I am a tiny stand-in model for testing the course notebooks."
 
 
+def test_several_prompts_are_answered_each_on_its_own(chat_dir):
+    result = llmkit("chat", "Qwen/Qwen2-7B-Instruct", "-p", "Who are you?", "-p", "你好", "-p", "Who are you?",
+                    "--greedy", "--json", env={"LLMKIT_STANDIN": "1"})
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout[result.stdout.index("{"):])["answers"]
+    assert [a["prompt"] for a in answers] == ["Who are you?", "你好", "Who are you?"]
+    # a fresh conversation each time: the repeated question gets the same answer as the first time
+    assert answers[0]["reply"] == answers[2]["reply"] == "I am a tiny stand-in model for testing the course notebooks."
+    assert answers[1]["reply"] == "你好！我是 llmkit 的小测试模型。"
+
+
 def test_model_without_standin_is_refused_in_standin_mode():
     result = llmkit("chat", "meta-llama/Llama-2-7b-chat-hf", "-p", "hi", env={"LLMKIT_STANDIN": "1"})
     assert result.returncode == 2
@@ -191,6 +202,9 @@ def test_repetition_penalty_option_reaches_the_session(monkeypatch, capsys):
 
         def ask(self, text, on_token=None):
             return "ok"
+
+        def reset(self):
+            """A fresh conversation (each -p question gets one)."""
 
     monkeypatch.setattr("llmkit.loading.load", lambda ref, **kwargs: (None, None))
     monkeypatch.setattr("llmkit.session.ChatSession", Session)

@@ -241,6 +241,24 @@ def test_the_course_map_says_when_a_notebook_ran_out_of_time():
     assert realmode_gpu._course_map_cell(run) == "1 of 7 cells failed"
 
 
+def test_a_process_that_crashes_leaves_its_python_stack_for_the_runner(tmp_path):
+    """A Jupyter kernel's fd 2 goes to the notebook, so the runner's fault hook writes a crash's stacks to a file."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import realmode_gpu
+
+    env = {**os.environ, "LLMKIT_FAULT_LOG_DIR": str(tmp_path / "faults"),
+           "PYTHONPATH": os.pathsep.join([str(realmode_gpu.FAULT_HOOK), os.environ.get("PYTHONPATH", "")])}
+    fine = subprocess.run([sys.executable, "-c", "print('ok')"], env=env, capture_output=True, text=True)
+    crash = subprocess.run([sys.executable, "-c", "def draw_figure():\n    import faulthandler; faulthandler._sigsegv()\n"
+                            "draw_figure()"], env=env, capture_output=True, text=True)
+    assert fine.returncode == 0 and crash.returncode != 0
+    stacks = realmode_gpu.fault_stacks(tmp_path / "faults")["fault_stacks"]
+    assert len(list((tmp_path / "faults").glob("*.log"))) == 2 and len(stacks) == 1  # the process that ran fine: empty
+    text = "\n".join(next(iter(stacks.values())))
+    assert "Segmentation fault" in text and "draw_figure" in text
+    assert realmode_gpu.fault_stacks(tmp_path / "none") == {}
+
+
 def test_the_lora_free_probe_still_patches_notebook_06():
     """benchmarks/lora_free_probe.py rewrites notebook 06's text; it must fail here, not on the GPU, when 06 changes."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

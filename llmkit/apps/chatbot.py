@@ -27,7 +27,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import llmkit
-from llmkit.errors import LlmkitError
+from llmkit.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, LlmkitError
 from llmkit.hub import ModelNotFound, locate
 from llmkit.pick import NoStandInError, banner, pick_model, standin_mode
 from llmkit.standins import standin_for
@@ -220,8 +220,6 @@ def launch(argv: list[str] | None = None) -> NoReturn:
     try:
         found = locate(pick_model(args.model))
     except (ModelNotFound, NoStandInError) as error:
-        from llmkit.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND
-
         print(f"llmkit: error: {error}", file=sys.stderr)
         sys.exit(EXIT_NOT_FOUND if isinstance(error, ModelNotFound) else EXIT_BAD_INPUT)
     app_args = ["--model", args.model] + ([] if args.temperature is None else ["--temperature", str(args.temperature)])

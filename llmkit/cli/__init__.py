@@ -17,11 +17,10 @@ import traceback
 
 from llmkit.cli import (bench_cmd, chat_cmd, doctor_cmd, download_cmd, estimate_cmd, gguf_cmd, locate_cmd,
                         rehearse_cmd, sbatch_cmd, standin_cmd)
-from llmkit.errors import BadInput, LlmkitError, mask_secrets
+from llmkit.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND, BadInput, LlmkitError, mask_secrets
 from llmkit.hub import ModelNotFound
 
 COMMANDS = [doctor_cmd, standin_cmd, chat_cmd, estimate_cmd, locate_cmd, download_cmd, bench_cmd, gguf_cmd, sbatch_cmd, rehearse_cmd]
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_WONT_FIT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 class OneLineErrors(argparse.ArgumentParser):

@@ -1,5 +1,9 @@
 """``llmkit chat [MODEL]``: an interactive chat that remembers the conversation, or one answer with ``-p PROMPT``.
 
+``-p`` may be given several times: each question is answered on its own (a fresh conversation), with the model
+loaded once. With ``--json`` one question prints ``{"model", "prompt", "reply"}``, several print
+``{"model", "answers": [{"prompt", "reply"}, ...]}``.
+
 With no MODEL the qwen2-chat stand-in answers. In the interactive loop: ``/reset`` forgets the conversation,
 ``/system TEXT`` sets a new system prompt (and forgets), ``/exit``, ``/quit``, Ctrl-D or Ctrl-C end it.
 A message longer than the context is truncated as ``llmkit.ChatSession`` documents, with a warning on stderr.
@@ -23,7 +27,9 @@ def register(sub) -> None:
                             description="Chat with a chat-template model. Without -p: an interactive loop that "
                                         "remembers the conversation. " + COMMANDS_HELP + ".")
     parser.add_argument("model", nargs="?", help="model id or path (default: the embedded qwen2-chat stand-in)")
-    parser.add_argument("-p", "--prompt", help="ask this one question and exit (default: interactive chat)")
+    parser.add_argument("-p", "--prompt", action="append",
+                        help="ask this question and exit (default: interactive chat); repeat -p to ask several, "
+                             "each on its own, with the model loaded once")
     parser.add_argument("--system", help="system prompt (default: the model's chat template default)")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="longest reply in tokens (default: 512)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling settings")
@@ -55,10 +61,26 @@ def run(args) -> tuple[dict, int]:
         warnings.showwarning = print_warning
         if args.prompt is None:
             return {"model": model_ref, "turns": interact(session)}, 0
-        reply = session.ask(args.prompt, on_token=None if args.json else print_piece)
-    if not args.json:
+        answers = [answer_alone(session, prompt, stream=not args.json, show_prompt=len(args.prompt) > 1)
+                   for prompt in args.prompt]
+    if len(answers) == 1:
+        return {"model": model_ref, **answers[0]}, 0
+    return {"model": model_ref, "answers": answers}, 0
+
+
+def answer_alone(session, prompt: str, stream: bool, show_prompt: bool) -> dict:
+    """Ask ``prompt`` in a fresh conversation; the reply is streamed to stdout when ``stream``.
+
+    >>> answer_alone(session, "你好", stream=False, show_prompt=False)  # doctest: +SKIP
+    {'prompt': '你好', 'reply': '你好！我是 llmkit 的小测试模型。'}
+    """
+    session.reset()
+    if stream and show_prompt:
+        print(f"{PROMPT}{prompt}")
+    reply = session.ask(prompt, on_token=print_piece if stream else None)
+    if stream:
         print()
-    return {"model": model_ref, "prompt": args.prompt, "reply": reply}, 0
+    return {"prompt": prompt, "reply": reply}
 
 
 def print_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from llmkit.errors import EXIT_NOT_FOUND
 from llmkit.hub import ModelNotFound, locate
-
-EXIT_NOT_FOUND = 3
 
 
 def register(sub) -> None:
