@@ -5,6 +5,7 @@
 # under $OUT.
 #   bash benchmarks/realmode_device.sh CARD_GB "NN NN ..." [WHEEL_FOLDER ...]
 #   e.g. LLMKIT_COMMIT=abc1234 bash benchmarks/realmode_device.sh 24 "06 08" .whl .whlz
+# KERNEL=NAME runs them in that Jupyter kernel (09 in the vLLM kernel that benchmarks/vllm_device.sh registers).
 # With 08 (llama.cpp) in the list and no llama-cpp-python wheel built on this machine yet, it builds one in the
 # background first (about 5 min, GPU_NOTES.md) and runs 08 last, once the build is done. LLAMA_BUILD=1 with a list
 # without 08 starts that build for the next call on the same (still held) machine.
@@ -26,7 +27,7 @@ echo "rehearsal checkpoints ($models): $(( $(date +%s) - start )) s"
 
 run() {
   python3 benchmarks/realmode_gpu.py --cards "$card" --notebooks "$1" --out "$OUT" --keep "$OUT/nb" \
-    --cell-timeout 300 --notebook-timeout "${NOTEBOOK_TIMEOUT:-480}" 2>&1 | tee "$OUT/$1_${card}gb.log" |
+    --cell-timeout 300 --notebook-timeout "${NOTEBOOK_TIMEOUT:-480}" ${KERNEL:+--kernel "$KERNEL"} 2>&1 | tee "$OUT/$1_${card}gb.log" |
     grep -v "WARNING\|MissingIDField\|_validate(" | tail -2  # the whole log (kernels' stderr too) stays in $OUT
   # The machine's disk is 64 GiB: remove what a notebook wrote for the learner to keep (04's safetensors copy of
   # XVERSE 13.6 GB, 06's merged model 15 GB, 08's GGUF files 23.6 GB), or the next notebook finds the disk full

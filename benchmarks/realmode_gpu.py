@@ -119,7 +119,8 @@ def cell_report(nb) -> dict:
             "failures": failures, "skips": skips}
 
 
-def run_notebook(path: Path, card: int, keep: Path, timeout_s: int, notebook_timeout_s: int) -> dict:
+def run_notebook(path: Path, card: int, keep: Path, timeout_s: int, notebook_timeout_s: int,
+                 kernel: str | None = None) -> dict:
     env_before = dict(os.environ)
     tag = f"{path.stem}_{card}gb_{os.getpid()}"
     faults = keep / f"faults_{path.stem}_{card}gb"
@@ -129,7 +130,7 @@ def run_notebook(path: Path, card: int, keep: Path, timeout_s: int, notebook_tim
                        "LLMKIT_FAULT_LOG_DIR": str(faults),
                        "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULT_HOOK), os.environ.get("PYTHONPATH")]))})
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout_s, kernel_name=kernel_for(nb), allow_errors=True,
+    client = NotebookClient(nb, timeout=timeout_s, kernel_name=kernel or kernel_for(nb), allow_errors=True,
                             resources={"metadata": {"path": str(path.parent)}})
     disk_before = shutil.disk_usage("/").used
     started = time.perf_counter()
@@ -251,6 +252,8 @@ def main() -> None:
     parser.add_argument("--cell-timeout", type=int, default=400)
     parser.add_argument("--notebook-timeout", type=int, default=540, help="stop a notebook after this many seconds")
     parser.add_argument("--deadline-s", type=float, default=540, help="start no notebook after this many seconds")
+    parser.add_argument("--kernel", help="run the notebooks in this Jupyter kernel instead of their own (e.g. 09 in "
+                                         "a kernel whose Python has vLLM, as a learner picks 'Python (llmkit + vLLM)')")
     args = parser.parse_args()
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -266,9 +269,9 @@ def main() -> None:
                 continue
             path = next((ROOT / "notebooks").glob(f"{number}_*.ipynb"))
             print(f"--- {path.name} at {card} GB", flush=True)
-            report = run_notebook(path, card, args.keep, args.cell_timeout, args.notebook_timeout)
+            report = run_notebook(path, card, args.keep, args.cell_timeout, args.notebook_timeout, args.kernel)
             result["notebooks"][path.stem] = {**report, "date": datetime.date.today().isoformat(),
-                                              "commit": code_version()}
+                                              "commit": code_version(), **({"kernel": args.kernel} if args.kernel else {})}
             print(json.dumps({k: v for k, v in report.items() if k != "skips"}, ensure_ascii=False), flush=True)
             result_file.write_text(json.dumps(result, indent=2, ensure_ascii=False))
 

@@ -16,15 +16,23 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from llmkit.errors import BadInput
+from llmkit.errors import BadInput, LlmkitError
 from llmkit.safe_output import refuse_existing, write_text
 from llmkit.standins import llmkit_home
 
 REQUIREMENTS = "llamafactory-requirements.txt"
+PYPI_SIMPLE = "https://pypi.org/simple/"
+
+
+class NoPackageIndex(LlmkitError):
+    """LLaMA-Factory's venv is not installed and pip cannot reach a package index from here (a compute node
+    without internet); the message says how to install it elsewhere."""
 
 
 @dataclass
@@ -195,6 +203,13 @@ def ensure_venv(venv: str | Path | None = None, python: str = sys.executable) ->
     stamp = venv / ".llmkit-requirements"
     if stamp.is_file() and stamp.read_text() == wanted and (venv / "bin" / "llamafactory-cli").exists():
         return {"venv": str(venv), "created": False, "seconds": 0.0}
+    problem = pip_index_problem()
+    if problem:
+        raise NoPackageIndex(
+            f"LLaMA-Factory's venv ({venv}) is not installed, and it cannot be installed here: {problem}. Install it "
+            "where pip reaches PyPI or a mirror and this folder is visible (on SCOW: the login node), with "
+            "`.venv/bin/python -c \"from llmkit import llamafactory as lf; lf.ensure_venv()\"`, or set PIP_INDEX_URL "
+            "to a mirror you can reach")
     start = time.perf_counter()
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
     with resources.as_file(requirements) as path:
@@ -202,6 +217,34 @@ def ensure_venv(venv: str | Path | None = None, python: str = sys.executable) ->
                 venv / "pip-install.log", "installing LLaMA-Factory")
     stamp.write_text(wanted)
     return {"venv": str(venv), "created": True, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def pip_index_problem(timeout_s: float = 5.0) -> str | None:
+    """Why pip cannot install from a package index here, or None when its index answers: ``PIP_NO_INDEX`` is set,
+    or the index (``PIP_INDEX_URL``, else pip's configured ``index-url``, else PyPI) gives no answer within
+    ``timeout_s`` (an HTTP error is an answer: the server is there).
+
+    >>> pip_index_problem() is None or "index" in pip_index_problem()
+    True
+    """
+    if os.environ.get("PIP_NO_INDEX", "").strip().lower() not in ("", "0", "false", "no", "off"):
+        return "PIP_NO_INDEX is set, so pip uses no package index"
+    url = os.environ.get("PIP_INDEX_URL") or _configured_index() or PYPI_SIMPLE
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, ValueError) as error:  # no route, refused, timed out, name not resolved; a malformed URL
+        return f"pip's package index {url} gave no answer ({error})"
+    return None
+
+
+def _configured_index() -> str | None:
+    """pip's own ``index-url`` setting (``pip config set global.index-url ...``), or None."""
+    done = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"], capture_output=True,
+                          text=True)
+    url = done.stdout.strip()
+    return url if done.returncode == 0 and url else None
 
 
 def _env() -> dict:
