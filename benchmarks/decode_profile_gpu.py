@@ -127,8 +127,10 @@ def main() -> None:
         result.update(copy_bandwidth_gb_s=round(bandwidth, 1), bytes_per_step=sizes["total_bytes"],
                       bandwidth_limit_steps_per_s=round(limit, 1),
                       strict_limit_steps_per_s=round(bandwidth * 1e9 / one_row, 1))
-    result["batches"] = [profile_batch(model, tokenizer, batch, limit) for batch in args.batch]
-    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    result["batches"] = []
+    for batch in args.batch:  # written after each batch size: a call that runs out of time keeps what it measured
+        result["batches"].append(profile_batch(model, tokenizer, batch, limit))
+        args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
     print(json.dumps(result)[:2000])
 
 
