@@ -23,6 +23,11 @@ def test_bench_writes_json_and_chart(tmp_path, capsys):
     assert all(r["new_tokens"] == 4 and r["prompts"] == 2 and r["tokens_per_s"] > 0 for r in rows.values())
     assert printed["workload"] == {"prompts": 2, "input_len": 8, "output_len": 4, "repeats": 1}
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    limit = printed["bandwidth_limit"]  # measured in the same run: every weight byte once per step
+    assert limit["device"] == "cpu" and limit["copy_bandwidth_gb_s"] > 0
+    assert limit["limit_steps_per_s"] == pytest.approx(limit["copy_bandwidth_gb_s"] * 1e9 / limit["weights_bytes"], rel=1e-3)
+    for row in rows.values():
+        assert row["fraction_of_limit"] == pytest.approx(row["tokens_per_s"] / (2 * limit["limit_steps_per_s"]), abs=1e-3)
 
 
 def test_bench_never_overwrites_a_results_file(tmp_path, capsys):

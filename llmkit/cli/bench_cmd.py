@@ -10,6 +10,7 @@ import platform
 from pathlib import Path
 
 from llmkit.bench_engines import ENGINE_BACKENDS, require_engine_python
+from llmkit.bench_limit import fraction_of_limit
 from llmkit.bench_result import ALL_BACKENDS
 from llmkit.cli.table import print_table
 from llmkit.errors import BadInput
@@ -68,6 +69,8 @@ def run(args) -> tuple[dict, int]:
     model_dir = locate(model_ref).path
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     prompts = workload(tokenizer, args.prompts, args.input_len)
+    cuda = torch.cuda.is_available()
+    limit = memory_limit(model_dir, "cuda" if cuda else "cpu")  # measured first, while no model holds the GPU
     hf_model = _LazyModel(model_ref)
     rows = []
     for backend in args.backend:
@@ -75,8 +78,9 @@ def run(args) -> tuple[dict, int]:
             row = _bench_one(backend, args, hf_model, tokenizer, model_dir, prompts).to_dict()
         except (RuntimeError, ValueError) as error:  # reported in the results; the exit code says a backend failed
             row = {"backend": backend, "error": f"{type(error).__name__}: {error}"}
+        if "tokens_per_s" in row:
+            row["fraction_of_limit"] = fraction_of_limit(row["tokens_per_s"], row["prompts"], limit["limit_steps_per_s"])
         rows.append({"requested": backend, **row})
-    cuda = torch.cuda.is_available()
     data = {
         "date": datetime.date.today().isoformat(), "model": model_ref,
         "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()})",
@@ -84,6 +88,7 @@ def run(args) -> tuple[dict, int]:
                      "python": platform.python_version()},
         "workload": {"prompts": args.prompts, "input_len": args.input_len, "output_len": args.output_len,
                      "repeats": args.repeats},
+        "bandwidth_limit": limit,
         "results": rows,
     }
     if args.out:
@@ -91,6 +96,20 @@ def run(args) -> tuple[dict, int]:
     if args.chart:
         save_chart(data, args.chart, args.overwrite)
     return data, 1 if any("error" in r for r in rows) else 0
+
+
+def memory_limit(model_dir, device: str) -> dict:
+    """``bench_limit.bandwidth_limit`` for the checkpoint in ``model_dir`` (weight bytes from its config, as stored).
+
+    >>> memory_limit("/models/Qwen2-7B-Instruct", "cuda")["weights_bytes"]  # doctest: +SKIP
+    15231233024
+    """
+    from llmkit.bench_limit import bandwidth_limit
+    from llmkit.memory import estimate, load_facts, weight_parts
+
+    weights = estimate(str(model_dir))
+    embeddings = weight_parts(load_facts(str(model_dir)), weights["quant"])["embeddings"]
+    return bandwidth_limit(weights["weights_bytes"], embeddings, device)
 
 
 class _LazyModel:
@@ -158,9 +177,12 @@ def save_chart(data: dict, path: Path, overwrite: bool = False) -> None:
 
 def render(data: dict) -> None:
     """Print one table row per backend."""
-    columns = ["requested", "backend", "tokens_per_s", "requests_per_s", "time_to_first_token_s", "warm_up_s",
-               "peak_memory_gib", "error"]
+    columns = ["requested", "backend", "tokens_per_s", "fraction_of_limit", "requests_per_s", "time_to_first_token_s",
+               "warm_up_s", "peak_memory_gib", "error"]
     rows = [{c: ("" if r.get(c) is None else r.get(c)) for c in columns} for r in data["results"]]
     w = data["workload"]
     print_table(rows, columns, title=f"{data['model']} | {data['device']} | {w['prompts']} prompts x "
                                      f"{w['input_len']} tokens in, {w['output_len']} out")
+    limit = data["bandwidth_limit"]
+    print(f"fraction_of_limit: tokens/s over prompts x {limit['limit_steps_per_s']} steps/s, every weight byte read "
+          f"once per step at the measured copy bandwidth of {limit['copy_bandwidth_gb_s']} GB/s ({limit['device']})")
