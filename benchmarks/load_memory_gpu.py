@@ -21,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, __version__ as transformers_version
 
 import llmkit
+from llmkit.bench_limit import copy_bandwidth_gb_s
 from llmkit.memory import estimate, shipped_config
 from llmkit.standins.qwen2_chat import qwen2_generation_config
 from llmkit.standins.tokenizer import build_qwen2_tokenizer
@@ -29,19 +30,8 @@ GIB = 2**30
 
 
 def copy_bandwidth_gbs(n_bytes: int = 4 * 2**30, repeats: int = 20) -> float:
-    """Device-to-device copy bandwidth, counting bytes read plus bytes written (GB/s)."""
-    src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeats):
-        start.record(); dst.copy_(src); end.record(); torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    del src, dst
-    torch.cuda.empty_cache()
-    return 2 * n_bytes / sorted(times)[len(times) // 2] / 1e9
+    """Device-to-device copy bandwidth, counting bytes read plus bytes written (GB/s): ``llmkit bench``'s measure."""
+    return copy_bandwidth_gb_s("cuda", n_bytes, repeats)
 
 
 def write_random_checkpoint(model_id: str, out: Path) -> None:
