@@ -222,11 +222,14 @@ def ensure_venv(venv: str | Path | None = None, python: str = sys.executable) ->
 def pip_index_problem(timeout_s: float = 5.0) -> str | None:
     """Why pip cannot install from a package index here, or None when its index answers: ``PIP_NO_INDEX`` is set,
     or the index (``PIP_INDEX_URL``, else pip's configured ``index-url``, else PyPI) gives no answer within
-    ``timeout_s`` (an HTTP error is an answer: the server is there).
+    ``timeout_s`` (an HTTP error is an answer: the server is there). None with ``PIP_FIND_LINKS`` (a local
+    wheelhouse may hold everything; pip names what it lacks).
 
     >>> pip_index_problem() is None or "index" in pip_index_problem()
     True
     """
+    if os.environ.get("PIP_FIND_LINKS"):
+        return None
     if os.environ.get("PIP_NO_INDEX", "").strip().lower() not in ("", "0", "false", "no", "off"):
         return "PIP_NO_INDEX is set, so pip uses no package index"
     url = os.environ.get("PIP_INDEX_URL") or _configured_index() or PYPI_SIMPLE

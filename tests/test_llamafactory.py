@@ -124,13 +124,17 @@ def test_multi_gpu_configs_refuse_existing_files_and_bad_stages(settings, tmp_pa
 
 def test_without_a_package_index_the_venv_is_refused_before_anything_is_created(tmp_path, monkeypatch):
     """A compute node without internet: one clear error saying where to install, not a half-made venv."""
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     with pytest.raises(lf.NoPackageIndex, match="PIP_NO_INDEX is set.*login node"):
         lf.ensure_venv(tmp_path / "lf-venv")
     assert not (tmp_path / "lf-venv").exists()
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "wheels"))  # a local wheelhouse: pip may have all it needs
+    assert lf.pip_index_problem() is None
 
 
 def test_an_index_that_does_not_answer_is_named(monkeypatch):
     monkeypatch.delenv("PIP_NO_INDEX", raising=False)
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple/")  # port 9 (discard): nothing listens
     assert lf.pip_index_problem(timeout_s=2).startswith("pip's package index http://127.0.0.1:9/simple/ gave no answer")
