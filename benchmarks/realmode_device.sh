@@ -31,7 +31,7 @@ run() {
     --cell-timeout 300 --notebook-timeout "${NOTEBOOK_TIMEOUT:-480}" ${KERNEL:+--kernel "$KERNEL"} 2>&1 | tee "$OUT/$1_${card}gb.log" |
     grep -v "WARNING\|MissingIDField\|_validate(" | tail -2  # the whole log (kernels' stderr too) stays in $OUT
   # The machine's disk is 64 GiB: remove what a notebook wrote for the learner to keep (04's safetensors copy of
-  # XVERSE 13.6 GB, 06's merged model 15 GB, 08's GGUF files 23.6 GB), or the next notebook finds the disk full
+  # XVERSE 13.6 GiB, 06's merged model 14.9 GiB, 08's GGUF files 23.6 GiB), or the next notebook finds the disk full
   # (06 at 80 GB did, after 04 and 08). Its disk_written_gib is measured before this. KEEP_OUTPUTS=1 keeps them
   # (e.g. 08's f16 GGUF for benchmarks/llamacpp_crash_probe.py).
   [ "${KEEP_OUTPUTS:-0}" = 1 ] || rm -rf notebooks/models "$HOME/.cache/llmkit/gguf" /tmp/llmkit-06-*
