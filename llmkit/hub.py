@@ -362,11 +362,36 @@ def _check_weights(folder: Path) -> tuple[list[str], list[str]]:
     problems = [problem for index in indexes if index.exists() for problem in _index_problems(folder, index)]
     safetensors = sorted(folder.glob("*.safetensors"))
     problems += [problem for problem in map(safetensors_problem, safetensors) if problem]
+    problems += [problem for problem in _shard_series_problems(folder) if problem.split(":")[0] not in
+                 {named.split(":")[0] for named in problems}]
     pickles = sorted(folder.glob("*.bin"))
     notes = [f"{', '.join(p.name for p in pickles)}: pickle weights, present but not loaded or checked"] if pickles else []
     if not (safetensors or pickles or any(file.exists() for file in indexes)):
         problems.append("model.safetensors: missing (no *.safetensors, no weight index, no *.bin)")
     return problems, notes
+
+
+SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<number>\d{5})-of-(?P<count>\d{5})\.(?P<ext>safetensors|bin)$")
+
+
+def _shard_series_problems(folder: Path) -> list[str]:
+    """Shards that the shards' own names say exist (``model-00002-of-00004``) but are not here, and a missing index.
+
+    This catches a download cut before its weight index arrived, when no index can name the missing shards.
+
+    >>> _shard_series_problems(Path("/no/such/folder"))
+    []
+    """
+    series = {(m["stem"], int(m["count"]), m["ext"]) for m in map(SHARD_NAME.match, os.listdir(folder)
+                                                                    if folder.is_dir() else []) if m}
+    problems = []
+    for stem, count, ext in sorted(series):
+        names = [f"{stem}-{number:05d}-of-{count:05d}.{ext}" for number in range(1, count + 1)]
+        problems += [f"{name}: missing (one of {count} shards)" for name in names if not (folder / name).is_file()]
+        index = f"{stem}.{ext}.index.json"
+        if stem in ("model", "pytorch_model") and not (folder / index).exists():
+            problems.append(f"{index}: missing (the weights are in {count} shards)")
+    return problems
 
 
 def _index_problems(folder: Path, index_file: Path) -> list[str]:

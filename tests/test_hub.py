@@ -227,6 +227,16 @@ def test_shard_missing_from_index_is_named(tmp_path):
         "model-00001-of-00002.safetensors: missing (listed in model.safetensors.index.json)"]
 
 
+def test_download_cut_before_its_index_is_not_complete(tmp_path):
+    """The shards' names say how many there are: a folder with shard 1 of 2 and no index is not a model yet."""
+    folder = make_model(tmp_path / "m", shards=2)
+    (folder / "model.safetensors.index.json").unlink()
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    assert hub.verify_model_dir(folder)["problems"] == [
+        "model-00002-of-00002.safetensors: missing (one of 2 shards)",
+        "model.safetensors.index.json: missing (the weights are in 2 shards)"]
+
+
 def test_malformed_config_is_named(tmp_path):
     folder = make_model(tmp_path / "m")
     (folder / "config.json").write_text('{"model_type": "qwen2",')
