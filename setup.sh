@@ -75,8 +75,8 @@ build_wheelhouse() {
   .venv/bin/pip wheel --progress-bar off -w "$dir" ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
     -r requirements.txt "setuptools>=69" wheel
   torch_wheel="$(ls "$dir"/torch-*.whl | head -n 1)"
-  cuda="$(.venv/bin/python llmkit/cuda_toolkit.py torch-cuda "$torch_wheel")"
-  specs="$([ -z "$cuda" ] || .venv/bin/python llmkit/cuda_toolkit.py wheels "$cuda")"
+  cuda="$(.venv/bin/python llmkit/environment/cuda_toolkit.py torch-cuda "$torch_wheel")"
+  specs="$([ -z "$cuda" ] || .venv/bin/python llmkit/environment/cuda_toolkit.py wheels "$cuda")"
   case "$specs" in
     ""|note:*) ;;  # a CPU torch, or a CUDA without nvcc wheels
     *) stage "downloading nvcc $cuda from NVIDIA's wheels (for GPU machines)"  # what install_nvcc installs there
@@ -131,15 +131,15 @@ install_torch() {
 install_nvcc() {
   # gptqmodel compiles its Marlin GPTQ kernels with the nvcc under CUDA_HOME, whose CUDA major must match torch's.
   # From CUDA 13 on NVIDIA publishes nvcc as PyPI wheels: install them for torch's CUDA version and arrange them as
-  # .venv/cuda, which `import llmkit` makes CUDA_HOME unless it is set (llmkit/cuda_toolkit.py). CPU torch: nothing.
+  # .venv/cuda, which `import llmkit` makes CUDA_HOME unless it is set (llmkit/environment/cuda_toolkit.py). CPU torch: nothing.
   local cuda specs
   cuda="$(.venv/bin/python -c 'import torch; print(torch.version.cuda or "")')"
   [ -n "$cuda" ] || return 0
-  specs="$(.venv/bin/python llmkit/cuda_toolkit.py wheels "$cuda")"
+  specs="$(.venv/bin/python llmkit/environment/cuda_toolkit.py wheels "$cuda")"
   case "$specs" in note:*) stage "$specs"; return 0 ;; esac
   stage "installing nvcc $cuda from NVIDIA's wheels for gptqmodel's GPTQ kernels (about 100 MB)"
   pip_install -q $specs
-  .venv/bin/python llmkit/cuda_toolkit.py link >/dev/null
+  .venv/bin/python llmkit/environment/cuda_toolkit.py link >/dev/null
   stage "nvcc $(.venv/cuda/bin/nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p') in .venv/cuda: import llmkit sets CUDA_HOME to it unless CUDA_HOME is set"
 }
 
@@ -204,8 +204,8 @@ install_llama_cpp() {
 
 register_llama_kernel() {
   # The llama.cpp notebook's kernel loads llama.cpp before ipykernel: a CUDA build crashed loading a model in any
-  # process that had loaded pyzmq first, and every Jupyter kernel does (llmkit/llamacpp_kernel.py says more).
-  .venv/bin/python -m llmkit.llamacpp_kernel install >/dev/null
+  # process that had loaded pyzmq first, and every Jupyter kernel does (llmkit/deploy/llamacpp_kernel.py says more).
+  .venv/bin/python -m llmkit.deploy.llamacpp_kernel install >/dev/null
   stage "Jupyter kernel 'Python (llmkit + llama.cpp)' registered for the llama.cpp notebook"
 }
 

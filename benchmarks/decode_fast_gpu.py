@@ -1,4 +1,4 @@
-"""Decode speed of the transformers backends of ``llmkit.bench`` on full-shape random-weight models, against the
+"""Decode speed of the transformers backends of ``llmkit.generation.bench`` on full-shape random-weight models, against the
 memory-bandwidth limit measured in the same run (weight bytes read per decode step / device copy bandwidth).
 
 One backend per process (a hung compile or capture cannot take the others down; run each under ``timeout``):
@@ -28,7 +28,7 @@ from gptq72b_gpu import model_bytes, write_random_gptq_checkpoint  # noqa: E402 
 from load_memory_gpu import copy_bandwidth_gbs, write_random_checkpoint  # noqa: E402
 
 import llmkit  # noqa: E402
-from llmkit.bench import bench, workload  # noqa: E402
+from llmkit.generation.bench import bench, workload  # noqa: E402
 
 MODELS = {"qwen2-7b": "Qwen/Qwen2-7B-Instruct", "qwen2-72b-gptq": "Qwen/Qwen2-72B-Instruct-GPTQ-Int4"}
 STANDINS = {"qwen2-7b": "qwen2-chat", "qwen2-72b-gptq": "qwen2-gptq-int4"}

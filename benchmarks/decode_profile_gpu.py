@@ -1,4 +1,4 @@
-"""Where a decode step of ``llmkit.fastdecode.GraphDecoder`` spends its time, before anything is changed (issue 18).
+"""Where a decode step of ``llmkit.generation.fastdecode.GraphDecoder`` spends its time, before anything is changed (issue 18).
 
 For one model and batch size it measures, in one process, with the bandwidth limit of the same run:
 - step time: one captured step replayed (CUDA events), against the bandwidth limit (weight bytes per step / device
@@ -32,8 +32,8 @@ from gptq72b_gpu import model_bytes  # noqa: E402  (reused, not copied)
 from load_memory_gpu import copy_bandwidth_gbs  # noqa: E402
 
 import llmkit  # noqa: E402
-from llmkit.bench import workload  # noqa: E402
-from llmkit.fastdecode import GraphDecoder  # noqa: E402
+from llmkit.generation.bench import workload  # noqa: E402
+from llmkit.generation.fastdecode import GraphDecoder  # noqa: E402
 
 
 def timed(fn, repeats: int = 20) -> float:
@@ -95,7 +95,7 @@ def profile_batch(model, tokenizer, batch: int, limit_steps_per_s: float | None)
     # attention over the static cache: the same 64 filled positions in caches of growing max_len
     row["step_s_by_max_len"] = {}
     for max_len in (128, 512, 2048):
-        del decoder
+        decoder = None  # free the last cache before the next one is built
         decoder = decoder_at(model, tokenizer, batch, 64, max_len)
         row["step_s_by_max_len"][max_len] = round(timed(step_fn(decoder)), 6)
     logits = torch.randn(batch, model.config.vocab_size, device=model.device, dtype=model.dtype)

@@ -16,7 +16,7 @@ export PYTHONPATH=$T:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 NCCL_NVLS_ENAB
   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 if ls /tmp/lcpw/*.whl >/dev/null 2>&1; then  # built in an earlier call while the machine was held
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$T" /tmp/lcpw/*.whl 2>&1 | grep -v WARNING
-  PYTHONPATH=$T:$PWD python3 -m llmkit.llamacpp_kernel install >/dev/null  # the llama.cpp notebook's kernel
+  PYTHONPATH=$T:$PWD python3 -m llmkit.deploy.llamacpp_kernel install >/dev/null  # the llama.cpp notebook's kernel
 fi
 export LLAMA_CPP_DIR=$(ls -d /tmp/lcp/llama_cpp_python-*/vendor/llama.cpp 2>/dev/null | head -1)
 if [ "${LLAMA_BUILD:-0}" = 1 ] && ! ls /tmp/lcpw/*.whl >/dev/null 2>&1; then

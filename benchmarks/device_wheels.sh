@@ -32,9 +32,9 @@ python3 -m pip download -q --no-deps --only-binary :all: -d .whlz pydantic-setti
 fetch .whlq bitsandbytes
 cuda_wheels() { python3 -m pip download -q --no-deps --only-binary :all: --python-version 3.12 \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_12_x86_64 -d "$@" 2>&1 | grep -v WARNING || true; }
-cuda_wheels .whlq $(python3 llmkit/cuda_toolkit.py wheels 13.0 | tr ' ' '\n' | grep -e crt -e cccl -e runtime)
-cuda_wheels .whlc1 "$(python3 llmkit/cuda_toolkit.py wheels 13.0 | tr ' ' '\n' | grep nvvm)"
-cuda_wheels .whlc2 "$(python3 llmkit/cuda_toolkit.py wheels 13.0 | tr ' ' '\n' | grep nvcc)"
+cuda_wheels .whlq $(python3 llmkit/environment/cuda_toolkit.py wheels 13.0 | tr ' ' '\n' | grep -e crt -e cccl -e runtime)
+cuda_wheels .whlc1 "$(python3 llmkit/environment/cuda_toolkit.py wheels 13.0 | tr ' ' '\n' | grep nvvm)"
+cuda_wheels .whlc2 "$(python3 llmkit/environment/cuda_toolkit.py wheels 13.0 | tr ' ' '\n' | grep nvcc)"
 
 # published only as sdists; their wheels are pure Python (gptqmodel's kernels compile on first use)
 for name in gptqmodel device-smi logbar tokenicer defuser; do

@@ -2,7 +2,7 @@
 GGUF, load time, prompt-eval (prefill) and eval (decode) tokens/s, flash attention on and off, and a sweep of how
 many layers are offloaded to the GPU.
 
-Every run is greedy with a fixed output length on the same prompt token ids (``llmkit.bench``'s workload).
+Every run is greedy with a fixed output length on the same prompt token ids (``llmkit.generation.bench``'s workload).
 transformers' prefill rate is prompt tokens / time to first token, its decode rate the remaining tokens over the
 remaining time; llama.cpp reports both itself (``llama_perf_context``).
 
@@ -27,8 +27,8 @@ import traceback
 from pathlib import Path
 
 import llmkit
-from llmkit import gguf
-from llmkit.bench_engines import bench_llamacpp
+from llmkit.deploy import gguf
+from llmkit.generation.bench_engines import bench_llamacpp
 
 # torch is imported only where it is used: the llama.cpp part runs in a process without it, because llama.cpp's
 # CUDA build crashed (SIGSEGV) on the H100 in a process that had imported torch's CUDA libraries.
@@ -71,7 +71,7 @@ def timed(what: str, log: dict, fn, *args, **kwargs):
 
 def transformers_part(model_dir: Path, prompt_tokens: int, new_tokens: int, repeats: int) -> dict:
     """The transformers row, with its greedy tokens for the comparison."""
-    from llmkit.bench import bench, workload
+    from llmkit.generation.bench import bench, workload
     from llmkit.loading import load
 
     seconds: dict = {}

@@ -4,7 +4,7 @@ against ``llmkit.estimate`` (with a 4k context exercised) and batch-1 decode spe
 Memory and speed do not depend on the weights' values, so random weights measure what the real model would
 (random fp16 values may overflow to inf/NaN through 80 layers; decode length is forced and checked).
 The checkpoint is ``llmkit rehearse``'s: GPTQ v1 safetensors shards with the tensor names and shapes Qwen publishes
-(``llmkit.rehearsal``).
+(``llmkit.standins.rehearsal``).
 
 Steps (each a sub-command, so the Marlin JIT build can run beside the checkpoint writing):
     python benchmarks/gptq72b_gpu.py write --dir /tmp/q72     # ~41.6 GB on disk
@@ -34,13 +34,13 @@ MODEL_ID = "Qwen/Qwen2-72B-Instruct-GPTQ-Int4"
 
 
 def write_random_gptq_checkpoint(out: Path, backend: str | None = "marlin") -> dict:
-    """The rehearsal checkpoint of Qwen2-72B-Instruct-GPTQ-Int4 (``llmkit.rehearsal.write_folder``) in ``out``.
+    """The rehearsal checkpoint of Qwen2-72B-Instruct-GPTQ-Int4 (``llmkit.standins.rehearsal.write_folder``) in ``out``.
 
     ``backend``: written into quantization_config. On an H100 gptqmodel 7.6's auto-selection picks MacheteLinear,
     whose JIT build downloads CUTLASS at first use (impossible offline); ``llmkit.load`` asks for Marlin itself, so
     callers that load through it pass None.
     """
-    from llmkit.rehearsal import write_folder
+    from llmkit.standins.rehearsal import write_folder
 
     if (out / "model.safetensors.index.json").exists():
         return {"reused": True}

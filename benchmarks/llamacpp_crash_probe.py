@@ -20,7 +20,7 @@ from pathlib import Path
 
 LOAD = ("llm = llama_cpp.Llama(model_path={path!r}, n_ctx=512, n_gpu_layers={layers}, flash_attn={flash}, "
         "use_mmap={mmap}, verbose=False); print(llm('Hi', max_tokens=4)['choices'][0]['text'] is not None)")
-NOTEBOOK_08_IMPORTS = "import matplotlib.pyplot; import llmkit; from llmkit import gguf; llmkit.pick_model('Qwen/Qwen2-7B-Instruct')"
+NOTEBOOK_08_IMPORTS = "import matplotlib.pyplot; import llmkit; from llmkit.deploy import gguf; llmkit.pick_model('Qwen/Qwen2-7B-Instruct')"
 # notebook 08's kernel died at its first figure, after the models were loaded and closed (GPU_NOTES.md, 2026-12-04)
 FIGURE = ("import matplotlib.pyplot as plt; fig, ax = plt.subplots(); ax.bar(['a', 'b'], [1.0, 2.0]); "
           "fig.savefig('/tmp/llamacpp_probe.png'); print(True)")

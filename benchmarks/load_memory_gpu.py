@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, __version__ as transformers_version
 
 import llmkit
-from llmkit.bench_limit import copy_bandwidth_gb_s
+from llmkit.generation.bench_limit import copy_bandwidth_gb_s
 from llmkit.memory import estimate, shipped_config
 from llmkit.standins.qwen2_chat import qwen2_generation_config
 from llmkit.standins.tokenizer import build_qwen2_tokenizer

@@ -1,4 +1,4 @@
-"""LoRA on 1 and 2 GPUs with DDP (``torchrun`` + ``llmkit.train_lora``): same global batch, loss curves compared
+"""LoRA on 1 and 2 GPUs with DDP (``torchrun`` + ``llmkit.finetune.train_lora``): same global batch, loss curves compared
 step by step, tokens/s and the scaling 2 GPUs / 1 GPU. Random weights with Qwen2-7B-Instruct's published config
 (speed does not depend on the weights' values), synthetic alpaca records cut to ``--seq-len`` tokens.
 
@@ -48,14 +48,14 @@ def write_model_dir(folder: Path, tiny: bool) -> Path:
 
 
 def train(processes: int, model_dir: Path, work: Path, s: dict, cpu: bool) -> dict:
-    """One ``torchrun --nproc_per_node processes -m llmkit.train_lora`` run; its report.
+    """One ``torchrun --nproc_per_node processes -m llmkit.finetune.train_lora`` run; its report.
 
     >>> train(2, Path("/tmp/m"), Path("/tmp/w"), SETTINGS_GPU, cpu=False)  # doctest: +SKIP
     {'world_size': 2, ...}
     """
     report = work / f"report-{processes}.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", "llmkit.train_lora", "--model", str(model_dir), "--random-init",
+               "-m", "llmkit.finetune.train_lora", "--model", str(model_dir), "--random-init",
                "--synthetic", str(s["global_batch_size"] * s["steps"]), "--out", str(work / f"out-{processes}"),
                "--overwrite", "--max-steps", str(s["steps"]), "--global-batch-size", str(s["global_batch_size"]),
                "--per-device-batch-size", str(s["per_device_batch_size"]), "--cutoff-len", str(s["seq_len"]),

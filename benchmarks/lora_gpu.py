@@ -1,5 +1,5 @@
 """LoRA and QLoRA training steps on a full-shape, random-weight Qwen2-7B-Instruct: tokens/s and peak GPU memory,
-compared with ``llmkit.train_memory.estimate_training``. Speed and memory do not depend on the weights' values.
+compared with ``llmkit.finetune.train_memory.estimate_training``. Speed and memory do not depend on the weights' values.
 
 Each configuration: LoRA r=8 on every linear layer (``target_modules="all-linear"``), AdamW, ``steps`` steps of
 ``batch`` x ``seq_len`` tokens after ``warmup`` steps; bf16 base (LoRA) or NF4 with double quantization and bf16
@@ -26,7 +26,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from llmkit.memory import shipped_config
-from llmkit.train_memory import estimate_training
+from llmkit.finetune.train_memory import estimate_training
 
 MODEL_ID = "Qwen/Qwen2-7B-Instruct"
 GIB = 2**30

@@ -1,7 +1,7 @@
 """gptqmodel's Marlin kernels built with NVIDIA's nvcc wheels, the system CUDA toolkit hidden: build time, a GPTQ
 model generating on Marlin, and the doctor's nvcc row; JSON to $OUT (results/marlin_nvcc_wheel_h200.json).
 
-On the GPU machine, with the five CUDA 13.0 wheels (``llmkit.cuda_toolkit.wheel_specs("13.0")``) installed into
+On the GPU machine, with the five CUDA 13.0 wheels (``llmkit.environment.cuda_toolkit.wheel_specs("13.0")``) installed into
 SITE and the rehearsal checkpoint of Qwen1.5-7B-Chat-GPTQ-Int4 written (``llmkit rehearse``):
     python3 benchmarks/nvcc_wheel_gpu.py --site /tmp/t/site-packages --out $OUT/marlin_nvcc_wheel_h200.json
 """
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from llmkit.cuda_toolkit import link_toolkit
+from llmkit.environment.cuda_toolkit import link_toolkit
 
 GPTQ_MODEL = "Qwen/Qwen1.5-7B-Chat-GPTQ-Int4"
 GENERATE = f"""

@@ -22,8 +22,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 import llmkit
-from llmkit.bench import GREEDY
-from llmkit.fastdecode import GraphDecoder
+from llmkit.generation.bench import GREEDY
+from llmkit.generation.fastdecode import GraphDecoder
 from llmkit.memory import estimate, shipped_config
 from llmkit.quantization import model_bytes
 from llmkit.xverse import xverse_to_llama_config

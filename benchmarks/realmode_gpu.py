@@ -163,7 +163,7 @@ def fault_stacks(folder: Path, lines: int = 40) -> dict:
 
 
 def kernel_for(nb) -> str:
-    """The notebook's own kernel where it is registered here (``python -m llmkit.llamacpp_kernel install`` for the
+    """The notebook's own kernel where it is registered here (``python -m llmkit.deploy.llamacpp_kernel install`` for the
     llama.cpp notebook), else ``python3``: the GPU machine's Python has the course's packages but no "llmkit" kernel."""
     from jupyter_client.kernelspec import KernelSpecManager
 

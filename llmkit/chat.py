@@ -1,4 +1,5 @@
-"""Chat with a chat-template model through the plain transformers API (load, template, generate, decode)."""
+"""The chat template both ways, through the plain transformers API: a model's reply to a conversation (template,
+generate, decode), and a conversation plus its answer as token ids and training labels."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, TextStreamer
 from llmkit.errors import LlmkitError
 
 FP16_MAX = 65504  # the largest finite float16
+IGNORE_INDEX = -100  # label value the loss skips (prompt and padding tokens)
 
 
 class NonFiniteLogits(LlmkitError):
@@ -107,3 +109,17 @@ def generate_reply(model, tokenizer, messages: list[dict], max_new_tokens: int =
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer,
                                 logits_processor=processors, **generate_kwargs)
     return tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True)
+
+
+def encode_example(tokenizer, messages: list[dict], answer: str) -> tuple[list, list]:
+    """Token ids of one chat-formatted example and its labels (loss only on the answer and the end-of-turn token,
+    the tokenizer's eos: <|im_end|> for Qwen2).
+
+    >>> from llmkit.standins.tokenizer import build_qwen2_tokenizer
+    >>> ids, labels = encode_example(build_qwen2_tokenizer(), [{"role": "user", "content": "你好"}], "好")
+    >>> labels[-2:] == ids[-2:] and labels[0] == IGNORE_INDEX
+    True
+    """
+    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    answer_ids = tokenizer.encode(answer) + [tokenizer.eos_token_id]
+    return list(prompt_ids) + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids

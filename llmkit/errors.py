@@ -6,7 +6,7 @@
 | ``BadInput`` | 2 | input llmkit cannot act on (a wrong argument, a bad dataset, an existing output) |
 | ``llmkit.hub.ModelNotFound`` | 3 | the model is not on this machine |
 | ``llmkit.loading.WontFit`` | 4 | the model does not fit the free memory; nothing was loaded |
-| ``llmkit.rehearsal.NoGPU`` | 5 | a command that needs a CUDA GPU (``llmkit rehearse``) found none |
+| ``llmkit.standins.rehearsal.NoGPU`` | 5 | a command that needs a CUDA GPU (``llmkit rehearse``) found none |
 
 Every message says what was wrong and what to do instead. ``mask_secrets`` hides tokens, keys and passwords in any
 text llmkit prints (the CLI passes every error line and ``--debug`` traceback through it).

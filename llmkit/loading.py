@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -238,40 +239,106 @@ def load(model: str, quant: str | None = None, device_map="auto", dtype="auto", 
     ``max_memory={0: "70GiB", 1: "70GiB"}`` caps each card; the fit check then counts each card's own overhead
     (``split_need_gib``).
 
+    The steps, each a function of this module: ``checked_folder`` (locate, verify, weight format), ``model_route``
+    (XVERSE's Llama route, remote code refused), ``check_model_fits`` (skipped with ``force``), ``choose_dtype``,
+    ``route_tokenizer``, ``gptq_arguments`` (the GPTQ kernel), then ``AutoModelForCausalLM.from_pretrained`` with the
+    arguments printed as Python (``from_pretrained_call``).
+
     >>> model, tokenizer = load(llmkit.pick_model("Qwen/Qwen2-7B-Instruct"))  # doctest: +SKIP
     >>> model, tokenizer = load("Qwen/Qwen2-72B-Instruct", device_map="balanced")  # doctest: +SKIP
     """
+    if trust_remote_code and not revision:
+        raise BadInput("trust_remote_code=True runs code from the model repository: pin it with revision='<commit>'")
     if trust_remote_code:
-        if not revision:
-            raise BadInput("trust_remote_code=True runs code from the model repository: pin it with revision='<commit>'")
         warnings.warn(f"trust_remote_code=True: running the repository's own Python code at revision {revision}")
     card.apply()
+    path, safetensors = checked_folder(model, allow_pickle)
+    route = model_route(path, trust_remote_code)
+    cuda = torch.cuda.is_available()
+    if not force:
+        check_model_fits(path, model, quant, context, device_map, max_memory)
+    dtype_reason = "as given"
+    if dtype == "auto":
+        dtype, dtype_reason = choose_dtype(route.config, cuda, cuda and torch.cuda.is_bf16_supported())
+    tokenizer = route_tokenizer(path, route, trust_remote_code)
+    arguments = {"dtype": dtype, "device_map": device_map if cuda else None, "max_memory": max_memory if cuda else None,
+                 "trust_remote_code": trust_remote_code, "use_safetensors": safetensors or None, **route.extra,
+                 **gptq_arguments(route.config, gptq_backend)}
+    print(f"[llmkit] {from_pretrained_call(path, arguments)}  # dtype: {dtype_reason}", file=sys.stderr)
+    return AutoModelForCausalLM.from_pretrained(path, **arguments), tokenizer
+
+
+def checked_folder(model: str, allow_pickle: bool) -> tuple[Path, bool]:
+    """Step 1 of ``load``: the model's folder on disk, complete, with loadable weights; and whether to read safetensors.
+
+    >>> checked_folder("/no/such/model", allow_pickle=False)
+    Traceback (most recent call last):
+    ...
+    llmkit.hub.locating.ModelNotFound: model '/no/such/model' is not on this machine. Searched:
+      - path /no/such/model
+    """
     found = locate(model)
     check_complete(found, model)
     path = Path(found.path)
-    safetensors = check_weights_format(path, allow_pickle)
-    xverse = None if trust_remote_code else xverse_llama_config(path)  # XVERSE without remote code: the Llama route
-    if not (trust_remote_code or xverse):
+    return path, check_weights_format(path, allow_pickle)
+
+
+@dataclass
+class ModelRoute:
+    """How transformers reads a checkpoint: its config, the extra loader arguments, and whether it is XVERSE."""
+
+    config: object
+    extra: dict = field(default_factory=dict)
+    xverse: bool = False
+
+
+def model_route(path: Path, trust_remote_code: bool) -> ModelRoute:
+    """Step 2 of ``load``, the XVERSE step: an XVERSE checkpoint loads as ``LlamaForCausalLM`` (``llmkit.xverse``),
+    without its remote code; any other model must not need remote code unless ``trust_remote_code``.
+
+    >>> model_route(path_of_xverse_7b_chat, trust_remote_code=False).extra  # doctest: +SKIP
+    {'config': LlamaConfig {...}}
+    """
+    llama = None if trust_remote_code else xverse_llama_config(path)
+    if llama:
+        return ModelRoute(llama, {"config": llama}, xverse=True)
+    if not trust_remote_code:
         check_no_remote_code(path)
+    return ModelRoute(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+
+
+def check_model_fits(path: Path, model: str, quant: str | None, context: int, device_map, max_memory: dict | None):
+    """Step 3 of ``load``: the estimate for ``context`` tokens against what is free on the GPUs the model will use.
+
+    >>> check_model_fits(path_of_72b_bf16, "Qwen/Qwen2-72B-Instruct", None, 4096, "auto", None)  # doctest: +SKIP
+    (raises WontFit on any single card: about 140 GiB of weights alone)
+    """
     need = estimate(str(path), quant=quant, context=context)
     cuda = torch.cuda.is_available()
     total_gib, _per_gpu = split_need_gib(need, gpus_used(device_map, torch.cuda.device_count()) if cuda else 1)
-    if not force:
-        check_fits(total_gib, model, max_memory)
-    config = xverse or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    as_llama = {"config": xverse} if xverse else {}
-    dtype_reason = "as given"
-    if dtype == "auto":
-        dtype, dtype_reason = choose_dtype(config, cuda, cuda and torch.cuda.is_bf16_supported())
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **as_llama)
-    tokenizer = with_xverse_chat_template(tokenizer) if xverse else tokenizer
-    capability = torch.cuda.get_device_capability() if cuda else None
-    gptq = gptq_backend_config(config, cuda, capability, gptq_backend)
-    arguments = {"dtype": dtype, "device_map": device_map if cuda else None, "max_memory": max_memory if cuda else None,
-                 "trust_remote_code": trust_remote_code, "use_safetensors": safetensors or None, **as_llama,
-                 **({"quantization_config": gptq} if gptq else {})}
-    print(f"[llmkit] {from_pretrained_call(path, arguments)}  # dtype: {dtype_reason}", file=sys.stderr)
-    return AutoModelForCausalLM.from_pretrained(path, **arguments), tokenizer
+    check_fits(total_gib, model, max_memory)
+
+
+def route_tokenizer(path: Path, route: ModelRoute, trust_remote_code: bool):
+    """Step 4 of ``load``: the tokenizer, with XVERSE's chat template added on the Llama route.
+
+    >>> route_tokenizer(path_of_qwen2_7b, ModelRoute(config), trust_remote_code=False).eos_token  # doctest: +SKIP
+    '<|im_end|>'
+    """
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **route.extra)
+    return with_xverse_chat_template(tokenizer) if route.xverse else tokenizer
+
+
+def gptq_arguments(config, backend: str = "auto") -> dict:
+    """Step 5 of ``load``, the GPTQ step: ``{"quantization_config": ...}`` choosing the GPTQ kernel on this machine's
+    GPU (``gptq_backend_config``), or ``{}`` for a model that is not GPTQ.
+
+    >>> gptq_arguments(AutoConfig.for_model("qwen2"))
+    {}
+    """
+    cuda = torch.cuda.is_available()
+    gptq = gptq_backend_config(config, cuda, torch.cuda.get_device_capability() if cuda else None, backend)
+    return {"quantization_config": gptq} if gptq else {}
 
 
 def from_pretrained_call(path, arguments: dict) -> str:

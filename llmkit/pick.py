@@ -47,7 +47,7 @@ def pick_model(model_id: str, download: bool = False) -> str:
     >>> os.environ.pop("LLMKIT_STANDIN", None); pick_model("/no/such/model")
     Traceback (most recent call last):
     ...
-    llmkit.hub.ModelNotFound: model '/no/such/model' is not on this machine. Searched:
+    llmkit.hub.locating.ModelNotFound: model '/no/such/model' is not on this machine. Searched:
       - path /no/such/model
     """
     from llmkit import card
@@ -110,7 +110,7 @@ def model_or_default(model_id: str | None, hint: str) -> str:
     >>> model_or_default("/no/such/model", hint="")
     Traceback (most recent call last):
     ...
-    llmkit.hub.ModelNotFound: model '/no/such/model' is not on this machine. Searched:
+    llmkit.hub.locating.ModelNotFound: model '/no/such/model' is not on this machine. Searched:
       - path /no/such/model
     """
     if model_id:

@@ -48,7 +48,7 @@ import torch
 
 from llmkit.chat import generate_reply
 from llmkit.errors import BadInput
-from llmkit.standins.qwen2_chat import load_qa_pairs
+from llmkit.data import load_qa_pairs
 
 BITS = (4, 8)
 INT4_GROUP_SIZES = (128, 64, 32)  # tinygemm's group sizes, largest (fewest scales) first

@@ -99,7 +99,7 @@ def test_interactive_chat_remembers_until_reset_and_exits_0(chat_dir):
 
 def test_interactive_system_command_sets_the_prompt_and_forgets(chat_dir, monkeypatch, capsys):
     from llmkit.cli import main
-    from llmkit.session import ChatSession
+    from llmkit.generation.session import ChatSession
 
     seen, ask = [], ChatSession.ask
 
@@ -207,7 +207,7 @@ def test_repetition_penalty_option_reaches_the_session(monkeypatch, capsys):
             """A fresh conversation (each -p question gets one)."""
 
     monkeypatch.setattr("llmkit.loading.load", lambda ref, **kwargs: (None, None))
-    monkeypatch.setattr("llmkit.session.ChatSession", Session)
+    monkeypatch.setattr("llmkit.generation.session.ChatSession", Session)
     assert cli_main(["chat", "-p", "hi", "--greedy", "--repetition-penalty", "1.0", "--json"]) == 0
     assert seen["do_sample"] is False and seen["repetition_penalty"] == 1.0
     seen.clear()

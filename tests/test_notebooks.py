@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from llmkit import llamacpp_kernel
+from llmkit.deploy import llamacpp_kernel
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
@@ -47,8 +47,8 @@ def test_kernel_is_the_one_setup_registers(path):
     setup = (path.parent.parent / "setup.sh").read_text(encoding="utf-8")
     # the course's kernel; `bash setup.sh vllm` registers a second one, llmkit-vllm, for notebook 09's vLLM cells
     name, display = re.search(r'ipykernel install .*--name (llmkit) --display-name "([^"]+)"', setup).groups()
-    if path.name == "08_llamacpp_gguf.ipynb":  # its own kernel loads llama.cpp before pyzmq (llmkit/llamacpp_kernel.py)
-        assert "python -m llmkit.llamacpp_kernel install" in setup
+    if path.name == "08_llamacpp_gguf.ipynb":  # its own kernel loads llama.cpp before pyzmq (llmkit/deploy/llamacpp_kernel.py)
+        assert "python -m llmkit.deploy.llamacpp_kernel install" in setup
         name, display = llamacpp_kernel.KERNEL_NAME, llamacpp_kernel.DISPLAY_NAME
     kernelspec = nbformat.read(path, as_version=4).metadata.kernelspec
     assert (kernelspec.name, kernelspec.display_name) == (name, display)

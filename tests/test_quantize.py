@@ -9,7 +9,7 @@ import llmkit
 from llmkit import quantization
 from llmkit.errors import BadInput
 from llmkit.standins import standin_path
-from llmkit.standins.qwen2_chat import load_qa_pairs
+from llmkit.data import load_qa_pairs
 
 
 def _fresh_xverse():

@@ -18,13 +18,13 @@ import torch
 from safetensors.torch import save_file
 from transformers.trainer_utils import get_last_checkpoint
 
-from llmkit import gguf
-from llmkit import llamafactory as lf
+from llmkit.deploy import gguf
+from llmkit.finetune import llamafactory as lf
 from llmkit.cli import error_line, main
 from llmkit.errors import BadInput, LlmkitError
 from llmkit.safe_output import atomic_output, partial_path
-from llmkit.sft import prepare_output_dir, save_model
-from llmkit.sft_data import write_identity_dataset
+from llmkit.finetune.sft import prepare_output_dir, save_model
+from llmkit.finetune.sft_data import write_identity_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 OLD = b"old complete output \x00\xff"
@@ -171,8 +171,8 @@ LIMITED_WRITES = r"""
 import json, resource, signal, sys
 from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from llmkit import gguf
-from llmkit.sft import save_model
+from llmkit.deploy import gguf
+from llmkit.finetune.sft import save_model
 
 chat_dir, work = sys.argv[1], Path(sys.argv[2])
 model, tokenizer = AutoModelForCausalLM.from_pretrained(chat_dir), AutoTokenizer.from_pretrained(chat_dir)
@@ -275,7 +275,7 @@ def test_with_no_complete_checkpoint_training_starts_afresh(tmp_path):
         assert prepare_output_dir(tmp_path) is None
 
 
-SCRIPT = REPO / "tests" / "lora_train_script.py"
+SCRIPT = REPO / "tests" / "finetune" / "lora_train_script.py"
 MAX_STEPS, SAVE_STEPS = 12, 3  # as in the script
 
 

@@ -21,8 +21,8 @@ from llmkit.chat import NonFiniteLogits, generate_reply
 from llmkit.cli import main
 from llmkit.errors import BadInput
 from llmkit.loading import IncompleteModel
-from llmkit.session import ChatSession
-from llmkit.standins import qwen2_chat
+from llmkit.generation.session import ChatSession
+from llmkit.data import load_qa_pairs
 from llmkit.standins.qwen2_chat import greedy_answer
 
 HELLO = [{"role": "user", "content": "你好"}]
@@ -371,7 +371,7 @@ def test_chat_session_history_is_unchanged_after_non_finite_logits(fp16_overflow
 def test_float32_answers_are_unchanged_by_the_guard(chat_dir):
     model, tokenizer = llmkit.load(str(chat_dir), dtype=torch.float32)
     overflow(model)  # the same weights that break float16 are fine in float32
-    for pair in qwen2_chat.load_qa_pairs():
+    for pair in load_qa_pairs():
         guarded = generate_reply(model, tokenizer, pair["messages"], max_new_tokens=8, do_sample=False)
         assert guarded == plain_generate(model, tokenizer, pair["messages"], do_sample=False)
     assert generate_reply(model, tokenizer, HELLO, do_sample=False) == HELLO_ANSWER

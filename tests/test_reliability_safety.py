@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmkit import serving
+from llmkit.deploy import serving
 from llmkit.cli import main
 from llmkit.errors import mask_secrets
 

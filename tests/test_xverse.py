@@ -12,7 +12,8 @@ import llmkit
 from llmkit.errors import BadInput
 from llmkit.memory import estimate, shipped_config
 from llmkit.standins import standin_path
-from llmkit.standins.qwen2_chat import greedy_answer, load_qa_pairs
+from llmkit.data import load_qa_pairs
+from llmkit.standins.qwen2_chat import greedy_answer
 from llmkit.standins.xverse_chat import build_xverse_chat
 from llmkit.xverse import XVERSE_CHAT_TEMPLATE, with_xverse_chat_template, xverse_llama_config, xverse_to_llama_config
 

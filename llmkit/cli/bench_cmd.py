@@ -9,9 +9,9 @@ import json
 import platform
 from pathlib import Path
 
-from llmkit.bench_engines import ENGINE_BACKENDS, require_engine_python
-from llmkit.bench_limit import fraction_of_limit
-from llmkit.bench_result import ALL_BACKENDS
+from llmkit.generation.bench_engines import ENGINE_BACKENDS, require_engine_python
+from llmkit.generation.bench_limit import fraction_of_limit
+from llmkit.generation.bench_result import ALL_BACKENDS
 from llmkit.cli.table import print_table
 from llmkit.errors import BadInput
 from llmkit.pick import model_or_default
@@ -60,7 +60,7 @@ def run(args) -> tuple[dict, int]:
     import torch
     import transformers
 
-    from llmkit.bench import workload
+    from llmkit.generation.bench import workload
     from llmkit.hub import locate
 
     _check(args)
@@ -104,7 +104,7 @@ def memory_limit(model_dir, device: str) -> dict:
     >>> memory_limit("/models/Qwen2-7B-Instruct", "cuda")["weights_bytes"]  # doctest: +SKIP
     15231233024
     """
-    from llmkit.bench_limit import bandwidth_limit
+    from llmkit.generation.bench_limit import bandwidth_limit
     from llmkit.memory import estimate, load_facts, weight_parts
 
     weights = estimate(str(model_dir))
@@ -138,8 +138,8 @@ class _LazyModel:
 
 
 def _bench_one(backend: str, args, hf_model: _LazyModel, tokenizer, model_dir, prompts):
-    from llmkit import bench_engines
-    from llmkit.bench import bench
+    from llmkit.generation import bench_engines
+    from llmkit.generation.bench import bench
 
     if backend in ENGINE_BACKENDS:
         hf_model.release()

@@ -48,7 +48,7 @@ def run(args) -> tuple[dict, int]:
     if args.json and args.prompt is None:
         raise BadInput("--json needs -p PROMPT (the interactive chat prints text)")
     from llmkit.loading import load
-    from llmkit.session import ChatSession
+    from llmkit.generation.session import ChatSession
 
     model_ref = model_or_default(args.model,
                                  hint='Name a model for a real answer, e.g. llmkit chat Qwen/Qwen2-7B-Instruct -p "你好".')

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llmkit.cli.table import print_table
-from llmkit.doctor import doctor, exit_code
+from llmkit.environment.doctor import doctor, exit_code
 
 
 def register(sub) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from llmkit.cli.table import print_table
 from llmkit.memory import QUANTS, estimate
-from llmkit.train_memory import METHODS, estimate_training
+from llmkit.finetune.train_memory import METHODS, estimate_training
 
 
 def register(sub) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from llmkit.gguf import CONVERT_TYPES, QUANT_TYPES
+from llmkit.deploy.gguf import CONVERT_TYPES, QUANT_TYPES
 from llmkit.safe_output import refuse_existing
 
 
@@ -27,7 +27,7 @@ def run(args) -> tuple[dict, int]:
     >>> from llmkit.cli import build_parser
     >>> run(build_parser().parse_args(["gguf", "qwen2-chat", "/tmp/q.gguf"]))  # doctest: +SKIP
     """
-    from llmkit import gguf
+    from llmkit.deploy import gguf
     from llmkit.hub import locate
     from llmkit.pick import pick_model
 

@@ -1,5 +1,5 @@
 """``llmkit rehearse MODEL... [--place hf|modelscope|model-dir] [--remove]``: write (or delete) full-shape
-random-weight checkpoints under the real model ids, where a learner's download would put them (``llmkit.rehearsal``).
+random-weight checkpoints under the real model ids, where a learner's download would put them (``llmkit.standins.rehearsal``).
 Combine with ``LLMKIT_CARD_GB=24`` (``llmkit.card``) to rehearse a smaller card on a big GPU."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 
 def run(args) -> tuple[dict, int]:
-    from llmkit import rehearsal
+    from llmkit.standins import rehearsal
 
     if args.remove:
         rows = [{"model": m, "removed": rehearsal.remove(m, args.place)} for m in args.models]

@@ -1,7 +1,7 @@
 """``llmkit sbatch KIND FILE``: write a Slurm job script for SCOW (or any Slurm cluster) from the course's settings.
 
-Kinds: ``lora`` (``python -m llmkit.train_lora`` on every GPU of every node, through torchrun or accelerate;
-``--train-args`` go to the training script), ``llamafactory`` (``llmkit.llamafactory.write_multi_gpu_configs``
+Kinds: ``lora`` (``python -m llmkit.finetune.train_lora`` on every GPU of every node, through torchrun or accelerate;
+``--train-args`` go to the training script), ``llamafactory`` (``llmkit.finetune.llamafactory.write_multi_gpu_configs``
 writes the YAMLs and the DeepSpeed ZeRO config next to FILE, from the same ``LoraSettings`` notebook 07 uses), and
 ``chat`` (one question to a model spread over one node's GPUs). Submit the file with ``sbatch FILE``.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from llmkit import slurm
+from llmkit.cluster import slurm
 
 KINDS = ("lora", "llamafactory", "chat")
 
@@ -37,7 +37,7 @@ def register(sub) -> None:
     parser.add_argument("-p", "--prompt", default="你好", help="chat: the question")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--train-args", default="", help="lora: the arguments for llmkit.train_lora, quoted as one "
+    parser.add_argument("--train-args", default="", help="lora: the arguments for llmkit.finetune.train_lora, quoted as one "
                                                          "string, e.g. --train-args '--max-steps 100 --lora-rank 8'")
     parser.set_defaults(run=run, render=render)
 
@@ -54,7 +54,7 @@ def run(args) -> tuple[dict, int]:
     written = {}
     if args.kind == "lora":
         train_args = shlex.split(args.train_args)
-        text = slurm.lora_script(settings, "-m", ["llmkit.train_lora", *train_args], launcher=args.launcher)
+        text = slurm.lora_script(settings, "-m", ["llmkit.finetune.train_lora", *train_args], launcher=args.launcher)
     elif args.kind == "llamafactory":
         written = _llamafactory_configs(args)
         text = slurm.llamafactory_script(settings, written["train"])
@@ -66,7 +66,7 @@ def run(args) -> tuple[dict, int]:
 
 
 def _llamafactory_configs(args) -> dict:
-    from llmkit.llamafactory import LoraSettings, write_multi_gpu_configs
+    from llmkit.finetune.llamafactory import LoraSettings, write_multi_gpu_configs
 
     folder = args.out.parent / f"{args.out.stem}-configs"
     work = folder.absolute()

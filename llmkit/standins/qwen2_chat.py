@@ -1,34 +1,22 @@
 """The ``qwen2-chat`` stand-in: a tiny Qwen2ForCausalLM with the real Qwen2 tokenizer that has memorised a
-small bilingual Q&A set (``qa_pairs.json``), so its greedy answers to those prompts are exact.
+small bilingual Q&A set (``llmkit/data/qa_pairs.json``), so its greedy answers to those prompts are exact.
 
 Everything is seeded: building twice on the same machine gives identical weights.
 """
 
 from __future__ import annotations
 
-import json
-from importlib import resources
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
-from llmkit.chat import generate_reply
-from llmkit.sft import IGNORE_INDEX, encode_example
+from llmkit.chat import IGNORE_INDEX, encode_example, generate_reply
+from llmkit.data import load_qa_pairs
 from llmkit.standins.tokenizer import ENDOFTEXT, IM_END, build_qwen2_tokenizer
 
 SEED = 0
-
-
-def load_qa_pairs() -> list[dict]:
-    """The Q&A set the stand-in memorises: ``[{"messages": [...], "answer": str}, ...]``.
-
-    >>> load_qa_pairs()[0]["messages"][0]["content"]
-    '你好'
-    """
-    text = (resources.files("llmkit.standins") / "qa_pairs.json").read_text(encoding="utf-8")
-    return json.loads(text)
 
 
 def tiny_qwen2_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:

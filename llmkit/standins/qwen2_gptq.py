@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmkit.standins.qwen2_chat import SEED, greedy_answer, load_qa_pairs
+from llmkit.data import load_qa_pairs
+from llmkit.standins.qwen2_chat import SEED, greedy_answer
 
 GROUP_SIZE = 32  # Qwen's checkpoints use 128; the stand-in's hidden size is 64
 

@@ -26,7 +26,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from llmkit.memory import shipped_config
-from llmkit.standins.qwen2_chat import SEED, greedy_answer, load_qa_pairs, train_to_memorise, training_batch
+from llmkit.data import load_qa_pairs
+from llmkit.standins.qwen2_chat import SEED, greedy_answer, train_to_memorise, training_batch
 from llmkit.xverse import XVERSE_CHAT_TEMPLATE, xverse_llama_config, xverse_to_llama_config
 
 # ids 1/2/3 are XVERSE's pad/bos/eos (config.json); the names of ids 0-2 are the stand-in's own

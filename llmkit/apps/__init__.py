@@ -1,4 +1,0 @@
-"""Web apps for the course, each a streamlit script that is also its own launcher.
-
-``llmkit.apps.chatbot``: ``python -m llmkit.apps.chatbot [--model M] [--host H] [--port P]`` (notebook 10).
-"""

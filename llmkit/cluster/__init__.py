@@ -1,0 +1,1 @@
+"""Slurm job scripts for SCOW and other clusters."""

@@ -1,0 +1,61 @@
+"""The Jupyter kernel of the llama.cpp notebook: a plain IPython kernel that imports ``llama_cpp`` before ipykernel.
+
+Why it exists: with llama-cpp-python built for CUDA, loading a model crashed (SIGSEGV in ``libggml-cuda``, in
+``LlamaModel.__init__``) in every process that had loaded pyzmq or numpy before llama.cpp's libraries. A Jupyter
+kernel imports pyzmq before its first cell runs, so no import order inside the notebook can avoid it; a kernel that
+loads llama.cpp first, then starts ipykernel, loads and runs the model (measured on an H200 with llama-cpp-python
+0.3.36, pyzmq 27.3.0: ``benchmarks/GPU_NOTES.md``). On a CPU build the order changes nothing, and the kernel is the
+same as the course's own. ``bash setup.sh llama-cpp`` registers it as "Python (llmkit + llama.cpp)".
+
+    python -m llmkit.deploy.llamacpp_kernel install          # register it with Jupyter (setup.sh does this)
+    python -m llmkit.deploy.llamacpp_kernel -f CONNECTION    # what Jupyter runs to start it
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+KERNEL_NAME = "llmkit-llamacpp"
+DISPLAY_NAME = "Python (llmkit + llama.cpp)"
+
+
+def kernel_json(python: str = sys.executable) -> dict:
+    """The kernelspec: Jupyter starts this module with ``python``.
+
+    >>> kernel_json("/venv/bin/python")["argv"]
+    ['/venv/bin/python', '-m', 'llmkit.deploy.llamacpp_kernel', '-f', '{connection_file}']
+    """
+    return {"argv": [python, "-m", "llmkit.deploy.llamacpp_kernel", "-f", "{connection_file}"],
+            "display_name": DISPLAY_NAME, "language": "python", "metadata": {"debugger": True}}
+
+
+def install(prefix: str | None = None) -> str:
+    """Register the kernel with Jupyter (for this user, or under ``prefix``); returns the kernelspec's folder.
+
+    >>> install()  # doctest: +SKIP
+    '/home/me/.local/share/jupyter/kernels/llmkit-llamacpp'
+    """
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "kernel.json").write_text(json.dumps(kernel_json(), indent=1), encoding="utf-8")
+        return KernelSpecManager().install_kernel_spec(folder, KERNEL_NAME, user=prefix is None, prefix=prefix)
+
+
+def launch() -> None:
+    """Load llama.cpp's libraries, then run an IPython kernel with this process's arguments (``-f CONNECTION``)."""
+    import llama_cpp  # noqa: F401  first: see the module docstring
+
+    from ipykernel import kernelapp
+
+    kernelapp.launch_new_instance()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["install"]:
+        print(install())
+    else:
+        launch()

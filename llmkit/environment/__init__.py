@@ -1,0 +1,1 @@
+"""Your machine: facts, checks (`llmkit doctor`), a notebook's needs per card, nvcc for kernels."""

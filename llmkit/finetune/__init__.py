@@ -1,0 +1,1 @@
+"""Fine-tuning with LoRA: data, training (peft + Trainer), memory, LLaMA-Factory, evaluation."""

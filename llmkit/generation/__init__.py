@@ -1,0 +1,1 @@
+"""Generating text: multi-turn chat sessions, fast greedy decoding, speed benchmarks."""

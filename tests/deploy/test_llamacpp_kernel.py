@@ -1,0 +1,26 @@
+"""The llama.cpp notebook's kernel loads llama.cpp before ipykernel's pyzmq (llmkit/deploy/llamacpp_kernel.py says why)."""
+
+import json
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from llmkit.deploy import llamacpp_kernel
+
+
+def test_the_kernelspec_starts_the_module_with_this_python(tmp_path):
+    folder = llamacpp_kernel.install(prefix=str(tmp_path))
+    spec = json.loads((tmp_path / "share" / "jupyter" / "kernels" / "llmkit-llamacpp" / "kernel.json").read_text())
+    assert folder.endswith("llmkit-llamacpp") and spec["display_name"] == "Python (llmkit + llama.cpp)"
+    assert spec["argv"][1:3] == ["-m", "llmkit.deploy.llamacpp_kernel"] and "{connection_file}" in spec["argv"]
+
+
+def test_in_the_kernel_llama_cpp_was_loaded_before_zmq(tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `bash setup.sh llama-cpp`")
+    llamacpp_kernel.install(prefix=str(tmp_path))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    probe = "import sys\nloaded = list(sys.modules)\nprint(loaded.index('llama_cpp') < loaded.index('zmq'))"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(probe)])
+    NotebookClient(nb, timeout=120, kernel_name=llamacpp_kernel.KERNEL_NAME).execute()
+    assert nb.cells[0].outputs[0]["text"].strip() == "True"

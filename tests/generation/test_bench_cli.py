@@ -1,0 +1,99 @@
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmkit.cli import main
+
+SMALL = ["bench", "--prompts", "2", "--input-len", "8", "--output-len", "4", "--repeats", "1"]
+
+
+def test_bench_writes_json_and_chart(tmp_path, capsys):
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    out.write_text("earlier results")  # replaced only because --overwrite asks for it
+    code = main([*SMALL, "--backend", "hf", "hf-fast", "hf-graph", "--json", "--out", str(out), "--chart", str(chart),
+                 "--overwrite"])
+    printed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])  # after the two stand-in banner lines
+    assert code == 0 and json.loads(out.read_text()) == printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.png"]  # no .partial left
+    rows = {r["requested"]: r for r in printed["results"]}
+    assert rows["hf-fast"]["backend"] == "hf"  # no CUDA here: hf-fast is plain generate
+    assert all(r["new_tokens"] == 4 and r["prompts"] == 2 and r["tokens_per_s"] > 0 for r in rows.values())
+    assert printed["workload"] == {"prompts": 2, "input_len": 8, "output_len": 4, "repeats": 1}
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    limit = printed["bandwidth_limit"]  # measured in the same run: every weight byte once per step
+    assert limit["device"] == "cpu" and limit["copy_bandwidth_gb_s"] > 0
+    assert limit["limit_steps_per_s"] == pytest.approx(limit["copy_bandwidth_gb_s"] * 1e9 / limit["weights_bytes"], rel=1e-3)
+    for row in rows.values():
+        assert row["fraction_of_limit"] == pytest.approx(row["tokens_per_s"] / (2 * limit["limit_steps_per_s"]), abs=1e-3)
+
+
+def test_bench_never_overwrites_a_results_file(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    out.write_text("earlier results")
+    assert main([*SMALL, "--out", str(out)]) == 2
+    assert out.read_text() == "earlier results"
+    err = capsys.readouterr().err
+    assert f"{out} exists already and was left untouched; choose another name or pass --overwrite" in err
+
+
+@pytest.mark.parametrize("args, message", [(["--prompts", "0"], "--prompts must be at least 1"),
+                                           (["--output-len", "-3"], "--output-len must be at least 1")])
+def test_bench_rejects_bad_sizes(args, message, capsys):
+    assert main(["bench", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_rejects_an_unknown_backend(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--backend", "vllm-typo"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+FAKE_VLLM = '''
+class SamplingParams:
+    def __init__(self, **kwargs):
+        self.max_tokens = kwargs["max_tokens"]
+
+
+class _Output:
+    def __init__(self, ids):
+        self.outputs = [type("Completion", (), {"token_ids": ids})()]
+
+
+class LLM:
+    def __init__(self, model, max_model_len, **kwargs):
+        self.model = model
+
+    def generate(self, prompts, params, use_tqdm=False):
+        return [_Output(list(range(params.max_tokens))) for _ in prompts]
+'''
+
+
+def test_bench_runs_vllm_with_the_vllm_venvs_python_after_releasing_its_model(tmp_path, monkeypatch, capsys):
+    # vLLM is not installed here: a stand-in `vllm` package and a `.venv-vllm` whose python is this one check the
+    # plumbing (one run, vLLM in a process of its own venv, the transformers model freed first), not vLLM itself
+    from llmkit.generation import bench_engines
+    from llmkit.cli import bench_cmd
+
+    fake = tmp_path / "fake" / "vllm"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(FAKE_VLLM)
+    (fake / "inputs.py").write_text("def TokensPrompt(prompt_token_ids):\n    return {'prompt_token_ids': prompt_token_ids}\n")
+    venv = tmp_path / ".venv-vllm"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # this venv's Python
+    (venv / "bin" / "python").chmod(0o755)
+    monkeypatch.setattr(bench_engines, "VLLM_VENV", venv)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "fake"), str(Path(bench_engines.__file__).parents[2])]))
+    released = []
+    release = bench_cmd._LazyModel.release
+    monkeypatch.setattr(bench_cmd._LazyModel, "release", lambda self: released.append(self.model is not None) or release(self))
+    code = main([*SMALL, "--backend", "hf", "vllm", "--json"])
+    rows = {r["requested"]: r for r in json.loads(capsys.readouterr().out.split("\n", 2)[-1])["results"]}
+    assert code == 0 and rows["vllm"]["backend"] == "vllm" and rows["vllm"]["new_tokens"] == 4, rows["vllm"]
+    assert rows["vllm"]["tokens_per_s"] > 0 and rows["hf"]["tokens_per_s"] > 0
+    assert released == [True]  # the loaded transformers model was dropped before vLLM started
+

@@ -1,0 +1,101 @@
+"""GraphDecoder must produce exactly the tokens of plain greedy ``generate`` (CPU: the same steps, eagerly)."""
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import llmkit
+from llmkit.generation.bench import GREEDY
+from llmkit.generation.fastdecode import GraphDecoder, greedy_generate
+
+QUESTIONS = ["你好", "Who are you? Tell me more, please.", "1+1=?"]
+
+
+def left_padded(tokenizer, questions):
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+             for q in questions]
+    return tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
+
+
+def reference(model, tokenizer, batch, new_tokens):
+    out = model.generate(**batch, max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id, **GREEDY)
+    return out[:, batch["input_ids"].shape[1]:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_left_padded_equals_generate(chat_dir, dtype):
+    model, tokenizer = llmkit.load(str(chat_dir), dtype=dtype)
+    batch = left_padded(tokenizer, QUESTIONS)
+    assert (batch["attention_mask"] == 0).any(), "the test needs padding"
+    ours = greedy_generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=20)
+    assert ours.shape == (3, 20)
+    assert torch.equal(ours, reference(model, tokenizer, batch, 20))
+    assert tokenizer.decode(ours[0], skip_special_tokens=True) == "你好！我是 llmkit 的小测试模型。"
+
+
+def test_decoder_is_reused_for_other_prompts_and_checks_its_size(chat_dir):
+    model, tokenizer = llmkit.load(str(chat_dir))
+    decoder = GraphDecoder(model, batch_size=1, max_len=64)
+    for question in ["你好", "我叫小明，你好"]:  # different prompt lengths through the same buffers
+        batch = left_padded(tokenizer, [question])
+        assert torch.equal(decoder.generate(batch["input_ids"], batch["attention_mask"], 12),
+                           reference(model, tokenizer, batch, 12))
+    assert set(decoder.timings) == {"prefill_s", "decode_s"}  # no capture on the CPU
+    with pytest.raises(ValueError, match="make a GraphDecoder of that size"):
+        decoder.generate(batch["input_ids"], batch["attention_mask"], 64)
+
+
+def test_compiled_step_with_gptq_layers_behind_an_opaque_op(gptq_dir):
+    model, tokenizer = llmkit.load(str(gptq_dir))
+    batch = left_padded(tokenizer, QUESTIONS[:2])
+    expected = reference(model, tokenizer, batch, 10)
+    decoder = GraphDecoder(model, batch_size=2, max_len=batch["input_ids"].shape[1] + 10, compile_small_ops=True)
+    assert torch.equal(decoder.generate(batch["input_ids"], batch["attention_mask"], 10), expected)
+    layer = model.model.layers[0].mlp.down_proj
+    assert hasattr(layer, "llmkit_eager_forward")
+    assert torch.equal(reference(model, tokenizer, batch, 10), expected)  # plain generate still works while patched
+    with GraphDecoder(model, batch_size=2, max_len=batch["input_ids"].shape[1] + 10, compile_small_ops=True) as second:
+        assert torch.equal(second.generate(batch["input_ids"], batch["attention_mask"], 10), expected)
+    assert hasattr(layer, "llmkit_eager_forward")  # the first decoder still uses the patch
+    decoder.close()
+    assert not hasattr(layer, "llmkit_eager_forward") and "forward" not in vars(layer)  # the model as it was
+    assert torch.equal(reference(model, tokenizer, batch, 10), expected)
+    del second, decoder  # closing twice (here by the garbage collector) changes nothing
+    assert "forward" not in vars(layer)
+    dropped = GraphDecoder(model, batch_size=2, max_len=batch["input_ids"].shape[1] + 10, compile_small_ops=True)
+    assert hasattr(layer, "llmkit_eager_forward")
+    del dropped  # never closed: restored when it is collected
+    gc.collect()
+    assert not hasattr(layer, "llmkit_eager_forward")
+
+
+def test_llama_architecture_too(tmp_path):
+    """Llama's forward builds its mask without Qwen2's shortcut: the decoder's 4-D mask must work there too."""
+    from llmkit.standins import standin_path
+
+    model, tokenizer = llmkit.load(str(standin_path("xverse-chat")))  # loads as LlamaForCausalLM
+    assert type(model).__name__ == "LlamaForCausalLM"
+    batch = left_padded(tokenizer, ["你好", "What is the capital of France?"])
+    ours = greedy_generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=12)
+    assert torch.equal(ours, reference(model, tokenizer, batch, 12))
+
+
+def test_the_decode_profile_benchmark_runs_on_the_cpu(tmp_path):
+    """benchmarks/decode_profile_gpu.py (issue 18's profile) on the stand-in: every CPU-side measurement is there."""
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "profile.json"
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "decode_profile_gpu.py"), "--batch", "1", "2",
+                           "--out", str(out)], env={**os.environ, "LLMKIT_STANDIN": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["batches"]
+    assert [r["batch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["step_s"] > 0 and row["argmax_s"] > 0 and row["prefill_s"] > 0
+        assert set(row["step_s_by_max_len"]) == {"128", "512", "2048"}
