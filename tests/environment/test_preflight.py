@@ -1,4 +1,4 @@
-"""llmkit.preflight reads the real-mode result files; each status a learner can see."""
+"""llmkit.environment.preflight reads the real-mode result files; each status a learner can see."""
 
 import json
 
