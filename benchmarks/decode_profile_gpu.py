@@ -8,7 +8,10 @@ For one model and batch size it measures, in one process, with the bandwidth lim
 - attention over the static cache: the step time with the same filled length in caches of different ``max_len``
   (attention that reads the whole static cache grows with ``max_len``, one that reads the filled part does not);
 - sampling: the ``argmax`` over the vocabulary alone; host synchronisation: a step with and without
-  ``torch.cuda.synchronize()`` after it; prefill: the prompt's forward pass.
+  ``torch.cuda.synchronize()`` after it; prefill: the prompt's forward pass;
+- the first change the profile pointed at: q, k and v as one product (``GraphDecoder(fuse_qkv=True)``), its step
+  time and kernels; with ``--compiled`` also both variants through ``torch.compile`` (``hf-fast``'s path; a
+  compile per variant and batch size, about a minute each on a GPU).
 
     python benchmarks/decode_profile_gpu.py --model Qwen/Qwen2-7B-Instruct --batch 1 25 --out $OUT/profile.json
 On a CPU (``--standin``) the same code runs on the stand-in without graphs, events or CUDA kernels, to keep it working.
@@ -50,11 +53,12 @@ def timed(fn, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
-def decoder_at(model, tokenizer, batch: int, prompt_tokens: int, max_len: int) -> GraphDecoder:
-    """A decoder of ``max_len`` with a prompt of ``prompt_tokens`` prefilled and its step captured (on CUDA)."""
+def decoder_at(model, tokenizer, batch: int, prompt_tokens: int, max_len: int, **options) -> GraphDecoder:
+    """A decoder of ``max_len`` with a prompt of ``prompt_tokens`` prefilled and its step captured (on CUDA);
+    ``options`` go to ``GraphDecoder`` (``fuse_qkv``, ``compile_small_ops``)."""
     prompts = workload(tokenizer, batch, prompt_tokens)
     ids = torch.tensor(prompts)
-    decoder = GraphDecoder(model, batch, max_len)
+    decoder = GraphDecoder(model, batch, max_len, **options)
     decoder.generate(ids, torch.ones_like(ids), max_new_tokens=2)  # prefill + capture
     return decoder
 
@@ -78,6 +82,24 @@ def kernel_split(decoder: GraphDecoder, steps: int = 10) -> dict:
     return {"kernel_s_per_step": round(total_us / 1e6 / steps, 6),
             "top_kernels": [{"name": e.key[:120], "share": round(e.self_device_time_total / total_us, 3),
                              "calls_per_step": e.count / steps} for e in top]}
+
+
+def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, compiled: bool) -> dict:
+    """Step time (and on CUDA the top kernels) of the decoder variants the profile suggested, same workload."""
+    variants = {"fused_qkv": {"fuse_qkv": True}}
+    if compiled:
+        variants |= {"compiled": {"compile_small_ops": True},
+                     "compiled_fused_qkv": {"compile_small_ops": True, "fuse_qkv": True}}
+    rows = {}
+    for name, options in variants.items():
+        with decoder_at(model, tokenizer, batch, 64, 64 + 256, **options) as decoder:
+            step_s = timed(step_fn(decoder))
+            rows[name] = {"step_s": round(step_s, 6), "tokens_per_s": round(batch / step_s, 1)}
+            if limit_steps_per_s:
+                rows[name]["fraction_of_limit"] = round(1 / step_s / limit_steps_per_s, 3)
+            if torch.cuda.is_available():
+                rows[name]["top_kernels"] = kernel_split(decoder)["top_kernels"][:6]
+    return rows
 
 
 def profile_batch(model, tokenizer, batch: int, limit_steps_per_s: float | None) -> dict:
@@ -112,6 +134,7 @@ def main() -> None:
     parser.add_argument("--model", default="Qwen/Qwen2-7B-Instruct", help="an id llmkit.pick_model resolves")
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 25])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--compiled", action="store_true", help="also the torch.compile variants (minutes on a GPU)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     model, tokenizer = llmkit.load(llmkit.pick_model(args.model))
@@ -130,6 +153,8 @@ def main() -> None:
     result["batches"] = []
     for batch in args.batch:  # written after each batch size: a call that runs out of time keeps what it measured
         result["batches"].append(profile_batch(model, tokenizer, batch, limit))
+        args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+        result["batches"][-1]["variants"] = variant_rows(model, tokenizer, batch, limit, args.compiled)
         args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
     print(json.dumps(result)[:2000])
 

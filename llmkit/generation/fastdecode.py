@@ -45,8 +45,12 @@ class GraphDecoder:
     seconds. ``compile_small_ops=True`` additionally runs the step through ``torch.compile`` with the quantized
     linear layers left out (their custom kernels cannot be traced): norms, rotary and residual adds fuse;
     ``compile_mode`` is passed to ``torch.compile`` ("max-autotune-no-cudagraphs" also tunes the matrix products).
-    The quantized layers get their own ``forward`` back when the decoder is closed (``close()``, the end of a
-    ``with`` block, or when it is garbage-collected); the model is left as it was.
+    ``fuse_qkv=True`` computes each attention layer's q, k and v projections as one matrix product (one weight
+    read instead of three small ones; the profile in ``benchmarks/results/decode_profile_h200.json`` found the three
+    separate products at about a third of the bandwidth the MLP's reach); the weights are not copied: the three
+    layers' weights become views of one fused tensor. Quantized layers and the fused projections get their own
+    ``forward`` and layers back when the decoder is closed (``close()``, the end of a ``with`` block, or when it is
+    garbage-collected); the model is left as it was.
 
     >>> decoder = GraphDecoder(model, batch_size=1, max_len=128)  # doctest: +SKIP
     >>> decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=8).shape  # doctest: +SKIP
@@ -54,7 +58,7 @@ class GraphDecoder:
     """
 
     def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool | None = None,
-                 compile_small_ops: bool = False, compile_mode: str = "default"):
+                 compile_small_ops: bool = False, compile_mode: str = "default", fuse_qkv: bool = False):
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
         self.cuda_graph = model.device.type == "cuda" if cuda_graph is None else cuda_graph
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
@@ -63,12 +67,13 @@ class GraphDecoder:
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.step_mask = torch.zeros(batch_size, 1, 1, max_len, dtype=model.dtype, device=device)
         patched = _put_quantized_behind_op(model) if compile_small_ops else []
+        fused = _fuse_qkv(model) if fuse_qkv else []
         self.forward = torch.compile(model, mode=compile_mode) if compile_small_ops else model
-        self._restore = weakref.finalize(self, _restore_quantized, patched)
+        self._restore = weakref.finalize(self, _restore_model, patched, fused)
         self.graph, self.graph_next, self.timings = None, None, {}
 
     def close(self) -> None:
-        """Give the quantized layers their own ``forward`` back and drop the captured step; decode no more."""
+        """Give the model its own layers and ``forward`` back and drop the captured step; decode no more."""
         self._restore()
         self.graph = self.graph_next = self.forward = None
 
@@ -182,6 +187,82 @@ def _restore_quantized(patched: list[torch.nn.Module]) -> None:
             del _QUANTIZED[module.llmkit_op_key]
             del module.forward, module.llmkit_eager_forward, module.llmkit_op_key, module.llmkit_op_users
     patched.clear()
+
+
+QKV = ("q_proj", "k_proj", "v_proj")
+
+
+class _FusedQKV(torch.nn.Module):
+    """Sits in ``q_proj``'s place: one product for q, k and v; ``_FusedPart`` in k_proj's and v_proj's places hand
+    out the other two slices of the same product (attention calls q, k, v in that order, transformers' own code)."""
+
+    def __init__(self, q: torch.nn.Linear, k: torch.nn.Linear, v: torch.nn.Linear):
+        super().__init__()
+        self.originals = torch.nn.ModuleList([q, k, v])  # still in the module tree: parameters() counts them
+        self.users, self.rest = 1, ()
+        self.sizes = [layer.out_features for layer in self.originals]
+        self.weight = torch.cat([layer.weight.detach() for layer in self.originals])
+        self.bias = torch.cat([layer.bias.detach() for layer in self.originals]) if q.bias is not None else None
+        for layer, weight in zip(self.originals, self.weight.split(self.sizes)):
+            layer.weight.data = weight  # a view: the three layers' own copies are freed
+        for layer, bias in zip(self.originals, self.bias.split(self.sizes) if self.bias is not None else ()):
+            layer.bias.data = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, *self.rest = torch.nn.functional.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+        return q
+
+    def unfused(self) -> tuple[torch.nn.Linear, ...]:
+        """The three layers, each with weights of its own again."""
+        for layer in self.originals:
+            layer.weight.data = layer.weight.data.clone()
+            if layer.bias is not None:
+                layer.bias.data = layer.bias.data.clone()
+        return tuple(self.originals)
+
+
+class _FusedPart(torch.nn.Module):
+    def __init__(self, fused: _FusedQKV, index: int):
+        super().__init__()
+        self.source, self.index = [fused], index  # a list: not registered as a submodule twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.source[0].rest[self.index]
+
+
+def _fusable(module) -> bool:
+    layers = [getattr(module, name, None) for name in QKV]
+    if not all(type(layer) is torch.nn.Linear for layer in layers):  # exactly Linear: not quantized, not LoRA-wrapped
+        return False
+    weights = [layer.weight for layer in layers]
+    return (len({(w.device, w.dtype, w.shape[1]) for w in weights}) == 1 and weights[0].device.type != "meta"
+            and len({layer.bias is None for layer in layers}) == 1)
+
+
+def _fuse_qkv(model) -> list[torch.nn.Module]:
+    """Put ``_FusedQKV`` in every attention layer whose q/k/v are plain linear layers on one device (layers already
+    fused by another live decoder are shared, counted); returns the attention layers to restore."""
+    attentions = []
+    for module in model.modules():
+        if isinstance(getattr(module, "q_proj", None), _FusedQKV):
+            module.q_proj.users += 1
+        elif _fusable(module):
+            fused = _FusedQKV(module.q_proj, module.k_proj, module.v_proj)
+            module.q_proj, module.k_proj, module.v_proj = fused, _FusedPart(fused, 0), _FusedPart(fused, 1)
+        else:
+            continue
+        attentions.append(module)
+    return attentions
+
+
+def _restore_model(patched: list[torch.nn.Module], fused: list[torch.nn.Module]) -> None:
+    """Undo ``_put_quantized_behind_op`` and ``_fuse_qkv`` for the layers no other live decoder still uses."""
+    _restore_quantized(patched)
+    for attention in fused:
+        attention.q_proj.users -= 1
+        if attention.q_proj.users == 0:
+            attention.q_proj, attention.k_proj, attention.v_proj = attention.q_proj.unfused()
+    fused.clear()
 
 
 def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
