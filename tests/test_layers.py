@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llmkit"
-LAYERS = [  # lowest first
+LAYERS = [  # lowest first; numbered from 1 as in the package docstring
     {"base": ["errors", "safe_output", "import_fixes"]},
     {"core": ["card", "card_hook", "memory", "hub", "xverse", "loading", "chat", "quantization", "data", "pick",
               "standins"]},
@@ -18,7 +18,7 @@ LAYERS = [  # lowest first
     {"finetune": ["finetune"], "deploy": ["deploy"], "cluster": ["cluster"]},
     {"cli": ["cli"], "package": ["__init__"]},
 ]
-UNIT_OF = {top: (layer, unit) for layer, units in enumerate(LAYERS) for unit, tops in units.items() for top in tops}
+UNIT_OF = {top: (layer, unit) for layer, units in enumerate(LAYERS, start=1) for unit, tops in units.items() for top in tops}
 
 
 def module_name(path: Path) -> str:
@@ -100,9 +100,9 @@ def test_the_rules_catch_a_crossing_and_a_private_name():
               "from llmkit.hub import _read_json\n"
               "def f():\n    from llmkit import memory\n    return memory._weight_parts\n")
     assert crossings(source, "llmkit.memory") == [
-        "line 1: core (layer 1) imports llmkit.finetune.sft (finetune, layer 3)"]
+        "line 1: core (layer 2) imports llmkit.finetune.sft (finetune, layer 4)"]
     assert crossings("import llmkit.deploy.gguf\n", "llmkit.finetune.sft") == [
-        "line 1: finetune (layer 3) imports llmkit.deploy.gguf (deploy, layer 3)"]
+        "line 1: finetune (layer 4) imports llmkit.deploy.gguf (deploy, layer 4)"]
     assert crossings("from llmkit import errors\n", "llmkit.cli") == []
     assert private_uses(source, "llmkit.loading") == ["line 2: _read_json from llmkit.hub",
                                                        "line 5: memory._weight_parts"]
