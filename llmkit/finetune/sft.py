@@ -19,8 +19,9 @@ from pathlib import Path
 from llmkit.chat import IGNORE_INDEX as IGNORE_INDEX  # re-exported: the label value notebook 06 shows
 from llmkit.chat import encode_example
 from llmkit.errors import BadInput
-from llmkit.safe_output import atomic_output, refusal, remove
 from llmkit.finetune.sft_data import alpaca_messages
+from llmkit.safe_output import atomic_output, refusal, remove
+
 
 def tokenized_rows(records: list[dict], tokenizer, cutoff_len: int = 1024) -> list[dict]:
     """``input_ids`` / ``attention_mask`` / ``labels`` of each alpaca record, cut at ``cutoff_len`` tokens: a plain

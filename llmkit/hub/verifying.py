@@ -36,9 +36,18 @@ def verify_model_dir(path: str | os.PathLike) -> dict:
     problems = [problem for problem in (_read_json(folder / "config.json")[1], _tokenizer_problem(folder)) if problem]
     weight_problems, notes = _check_weights(folder)
     problems += weight_problems
-    named = {problem.split(":")[0] for problem in problems}
-    problems += [problem for problem in _missing_from_hub_listing(folder) if problem.split(":")[0] not in named]
+    problems += _about_other_files(_missing_from_hub_listing(folder), problems)
     return {"ok": not problems, "problems": problems, "notes": notes}
+
+
+def _about_other_files(more: list[str], problems: list[str]) -> list[str]:
+    """The problems in ``more`` about files that ``problems`` does not name already (one line per file).
+
+    >>> _about_other_files(["a.json: missing", "b.json: missing"], ["a.json: not valid JSON"])
+    ['b.json: missing']
+    """
+    named = {problem.split(":")[0] for problem in problems}
+    return [problem for problem in more if problem.split(":")[0] not in named]
 
 
 def _read_json(file: Path) -> tuple[dict | None, str | None]:
@@ -74,8 +83,7 @@ def _check_weights(folder: Path) -> tuple[list[str], list[str]]:
     problems = [problem for index in indexes if index.exists() for problem in _index_problems(folder, index)]
     safetensors = sorted(folder.glob("*.safetensors"))
     problems += [problem for problem in map(safetensors_problem, safetensors) if problem]
-    problems += [problem for problem in _shard_series_problems(folder) if problem.split(":")[0] not in
-                 {named.split(":")[0] for named in problems}]
+    problems += _about_other_files(_shard_series_problems(folder), problems)
     pickles = sorted(folder.glob("*.bin"))
     notes = [f"{', '.join(p.name for p in pickles)}: pickle weights, present but not loaded or checked"] if pickles else []
     if not (safetensors or pickles or any(file.exists() for file in indexes)):
