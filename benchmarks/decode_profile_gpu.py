@@ -9,9 +9,9 @@ For one model and batch size it measures, in one process, with the bandwidth lim
   (attention that reads the whole static cache grows with ``max_len``, one that reads the filled part does not);
 - sampling: the ``argmax`` over the vocabulary alone; host synchronisation: a step with and without
   ``torch.cuda.synchronize()`` after it; prefill: the prompt's forward pass;
-- the first change the profile pointed at: q, k and v as one product (``GraphDecoder(fuse_qkv=True)``), its step
-  time and kernels; with ``--compiled`` also both variants through ``torch.compile`` (``hf-fast``'s path; a
-  compile per variant and batch size, about a minute each on a GPU).
+- the first change the profile pointed at: q, k and v as one product and gate and up as another
+  (``GraphDecoder(fuse_projections=True)``), its step time and kernels; with ``--compiled`` also both variants
+  through ``torch.compile`` (``hf-fast``'s path; a compile per variant and batch size, about a minute each on a GPU).
 
     python benchmarks/decode_profile_gpu.py --model Qwen/Qwen2-7B-Instruct --batch 1 25 --out $OUT/profile.json
 On a CPU (``--standin``) the same code runs on the stand-in without graphs, events or CUDA kernels, to keep it working.
@@ -55,7 +55,7 @@ def timed(fn, repeats: int = 20) -> float:
 
 def decoder_at(model, tokenizer, batch: int, prompt_tokens: int, max_len: int, **options) -> GraphDecoder:
     """A decoder of ``max_len`` with a prompt of ``prompt_tokens`` prefilled and its step captured (on CUDA);
-    ``options`` go to ``GraphDecoder`` (``fuse_qkv``, ``compile_small_ops``)."""
+    ``options`` go to ``GraphDecoder`` (``fuse_projections``, ``compile_small_ops``)."""
     prompts = workload(tokenizer, batch, prompt_tokens)
     ids = torch.tensor(prompts)
     decoder = GraphDecoder(model, batch, max_len, **options)
@@ -86,10 +86,10 @@ def kernel_split(decoder: GraphDecoder, steps: int = 10) -> dict:
 
 def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, compiled: bool) -> dict:
     """Step time (and on CUDA the top kernels) of the decoder variants the profile suggested, same workload."""
-    variants = {"fused_qkv": {"fuse_qkv": True}}
+    variants = {"fused": {"fuse_projections": True}}
     if compiled:
         variants |= {"compiled": {"compile_small_ops": True},
-                     "compiled_fused_qkv": {"compile_small_ops": True, "fuse_qkv": True}}
+                     "compiled_fused": {"compile_small_ops": True, "fuse_projections": True}}
     rows = {}
     for name, options in variants.items():
         with decoder_at(model, tokenizer, batch, 64, 64 + 256, **options) as decoder:

@@ -6,7 +6,8 @@ Backends (all plain transformers APIs; the difference is how the decode loop run
   with ``torch.compile`` (CUDA graphs, mode "reduce-overhead").
 - ``hf-cb``: continuous batching, ``model.generate_batch`` (paged KV cache; CUDA graphs on a GPU).
 - ``hf-graph``: ``llmkit.generation.fastdecode.GraphDecoder``, a ``StaticCache`` and one CUDA graph per decode step,
-  captured in the warm-up and reused; ``hf-graph-compile`` also fuses the small ops with ``torch.compile``.
+  captured in the warm-up and reused, with each layer's q/k/v and gate/up projections computed as one product each;
+  ``hf-graph-compile`` also fuses the small ops with ``torch.compile``.
 
 Every run produces exactly ``new_tokens`` per prompt (end-of-sequence is ignored), so tokens/s compare.
 
@@ -159,7 +160,7 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
     prompts = prompts if prompts is not None else workload(tokenizer)
     decoder = None
     if backend.startswith("hf-graph"):
-        decoder = GraphDecoder(model, len(prompts), max(len(p) for p in prompts) + new_tokens,
+        decoder = GraphDecoder(model, len(prompts), max(len(p) for p in prompts) + new_tokens, fuse_projections=True,
                                compile_small_ops=backend == "hf-graph-compile", compile_mode=compile_mode)
 
     def once():
@@ -178,6 +179,8 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
     finally:
         if backend == "hf-cb":
             model.destroy_cached_continuous_batching_manager()
+        if decoder is not None:
+            decoder.close()  # the model gets its own layers back (fused projections, compiled quantized layers)
     details = {"graph_decoder_timings_last_run": decoder.timings} if decoder else {}
     return result(backend, prompts, new_tokens, warm_up_s, runs,
                   peak_memory_gib=round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None, details=details)

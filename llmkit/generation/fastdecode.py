@@ -45,10 +45,11 @@ class GraphDecoder:
     seconds. ``compile_small_ops=True`` additionally runs the step through ``torch.compile`` with the quantized
     linear layers left out (their custom kernels cannot be traced): norms, rotary and residual adds fuse;
     ``compile_mode`` is passed to ``torch.compile`` ("max-autotune-no-cudagraphs" also tunes the matrix products).
-    ``fuse_qkv=True`` computes each attention layer's q, k and v projections as one matrix product (one weight
-    read instead of three small ones; the profile in ``benchmarks/results/decode_profile_h200.json`` found the three
-    separate products at about a third of the bandwidth the MLP's reach); the weights are not copied: the three
-    layers' weights become views of one fused tensor. Quantized layers and the fused projections get their own
+    ``fuse_projections=True`` computes each attention layer's q, k and v projections as one matrix product, and
+    each MLP's gate and up projections as another (fewer, larger products; the profile in
+    ``benchmarks/results/decode_profile_h200.json`` found the three separate q/k/v products at about a third of the
+    bandwidth the MLP's reach, and fusing q/k/v alone took the compiled batch-1 step from 5.69 to 5.09 ms); the
+    weights are not copied: the layers' weights become views of one fused tensor. Quantized layers and the fused projections get their own
     ``forward`` and layers back when the decoder is closed (``close()``, the end of a ``with`` block, or when it is
     garbage-collected); the model is left as it was.
 
@@ -58,7 +59,7 @@ class GraphDecoder:
     """
 
     def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool | None = None,
-                 compile_small_ops: bool = False, compile_mode: str = "default", fuse_qkv: bool = False):
+                 compile_small_ops: bool = False, compile_mode: str = "default", fuse_projections: bool = False):
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
         self.cuda_graph = model.device.type == "cuda" if cuda_graph is None else cuda_graph
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
@@ -67,7 +68,7 @@ class GraphDecoder:
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.step_mask = torch.zeros(batch_size, 1, 1, max_len, dtype=model.dtype, device=device)
         patched = _put_quantized_behind_op(model) if compile_small_ops else []
-        fused = _fuse_qkv(model) if fuse_qkv else []
+        fused = _fuse_projections(model) if fuse_projections else []
         self.forward = torch.compile(model, mode=compile_mode) if compile_small_ops else model
         self._restore = weakref.finalize(self, _restore_model, patched, fused)
         self.graph, self.graph_next, self.timings = None, None, {}
@@ -189,31 +190,33 @@ def _restore_quantized(patched: list[torch.nn.Module]) -> None:
     patched.clear()
 
 
-QKV = ("q_proj", "k_proj", "v_proj")
+# Projections that read the same input, in the order transformers' attention and MLP forwards call them (Qwen2,
+# Llama and their kin): fused, the first layer's place computes all of them and the others hand out their slices.
+FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-class _FusedQKV(torch.nn.Module):
-    """Sits in ``q_proj``'s place: one product for q, k and v; ``_FusedPart`` in k_proj's and v_proj's places hand
-    out the other two slices of the same product (attention calls q, k, v in that order, transformers' own code)."""
+class _FusedLinear(torch.nn.Module):
+    """Sits in the first projection's place (``q_proj``, ``gate_proj``): one product for the whole group;
+    ``_FusedPart`` in the other places hands out the other slices of the same product."""
 
-    def __init__(self, q: torch.nn.Linear, k: torch.nn.Linear, v: torch.nn.Linear):
+    def __init__(self, layers: list[torch.nn.Linear]):
         super().__init__()
-        self.originals = torch.nn.ModuleList([q, k, v])  # still in the module tree: parameters() counts them
+        self.originals = torch.nn.ModuleList(layers)  # still in the module tree: parameters() counts them
         self.users, self.rest = 1, ()
-        self.sizes = [layer.out_features for layer in self.originals]
-        self.weight = torch.cat([layer.weight.detach() for layer in self.originals])
-        self.bias = torch.cat([layer.bias.detach() for layer in self.originals]) if q.bias is not None else None
-        for layer, weight in zip(self.originals, self.weight.split(self.sizes)):
-            layer.weight.data = weight  # a view: the three layers' own copies are freed
-        for layer, bias in zip(self.originals, self.bias.split(self.sizes) if self.bias is not None else ()):
+        self.sizes = [layer.out_features for layer in layers]
+        self.weight = torch.cat([layer.weight.detach() for layer in layers])
+        self.bias = torch.cat([layer.bias.detach() for layer in layers]) if layers[0].bias is not None else None
+        for layer, weight in zip(layers, self.weight.split(self.sizes)):
+            layer.weight.data = weight  # a view: the layers' own copies are freed
+        for layer, bias in zip(layers, self.bias.split(self.sizes) if self.bias is not None else ()):
             layer.bias.data = bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, *self.rest = torch.nn.functional.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
-        return q
+        first, *self.rest = torch.nn.functional.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+        return first
 
     def unfused(self) -> tuple[torch.nn.Linear, ...]:
-        """The three layers, each with weights of its own again."""
+        """The layers, each with weights of its own again."""
         for layer in self.originals:
             layer.weight.data = layer.weight.data.clone()
             if layer.bias is not None:
@@ -222,7 +225,7 @@ class _FusedQKV(torch.nn.Module):
 
 
 class _FusedPart(torch.nn.Module):
-    def __init__(self, fused: _FusedQKV, index: int):
+    def __init__(self, fused: _FusedLinear, index: int):
         super().__init__()
         self.source, self.index = [fused], index  # a list: not registered as a submodule twice
 
@@ -230,8 +233,8 @@ class _FusedPart(torch.nn.Module):
         return self.source[0].rest[self.index]
 
 
-def _fusable(module) -> bool:
-    layers = [getattr(module, name, None) for name in QKV]
+def _fusable(module, names: tuple[str, ...]) -> bool:
+    layers = [getattr(module, name, None) for name in names]
     if not all(type(layer) is torch.nn.Linear for layer in layers):  # exactly Linear: not quantized, not LoRA-wrapped
         return False
     weights = [layer.weight for layer in layers]
@@ -239,29 +242,34 @@ def _fusable(module) -> bool:
             and len({layer.bias is None for layer in layers}) == 1)
 
 
-def _fuse_qkv(model) -> list[torch.nn.Module]:
-    """Put ``_FusedQKV`` in every attention layer whose q/k/v are plain linear layers on one device (layers already
-    fused by another live decoder are shared, counted); returns the attention layers to restore."""
-    attentions = []
+def _fuse_projections(model) -> list[tuple[torch.nn.Module, tuple[str, ...]]]:
+    """Put ``_FusedLinear`` in every attention (q/k/v) and MLP (gate/up) whose projections are plain linear layers on
+    one device (groups already fused by another live decoder are shared, counted); returns the groups to restore."""
+    groups = []
     for module in model.modules():
-        if isinstance(getattr(module, "q_proj", None), _FusedQKV):
-            module.q_proj.users += 1
-        elif _fusable(module):
-            fused = _FusedQKV(module.q_proj, module.k_proj, module.v_proj)
-            module.q_proj, module.k_proj, module.v_proj = fused, _FusedPart(fused, 0), _FusedPart(fused, 1)
-        else:
-            continue
-        attentions.append(module)
-    return attentions
+        for names in FUSED_GROUPS:
+            first = getattr(module, names[0], None)
+            if isinstance(first, _FusedLinear):
+                first.users += 1
+            elif _fusable(module, names):
+                fused = _FusedLinear([getattr(module, name) for name in names])
+                for index, name in enumerate(names):
+                    setattr(module, name, _FusedPart(fused, index - 1) if index else fused)
+            else:
+                continue
+            groups.append((module, names))
+    return groups
 
 
-def _restore_model(patched: list[torch.nn.Module], fused: list[torch.nn.Module]) -> None:
-    """Undo ``_put_quantized_behind_op`` and ``_fuse_qkv`` for the layers no other live decoder still uses."""
+def _restore_model(patched: list[torch.nn.Module], fused: list[tuple[torch.nn.Module, tuple[str, ...]]]) -> None:
+    """Undo ``_put_quantized_behind_op`` and ``_fuse_projections`` for the layers no other live decoder still uses."""
     _restore_quantized(patched)
-    for attention in fused:
-        attention.q_proj.users -= 1
-        if attention.q_proj.users == 0:
-            attention.q_proj, attention.k_proj, attention.v_proj = attention.q_proj.unfused()
+    for module, names in fused:
+        first = getattr(module, names[0])
+        first.users -= 1
+        if first.users == 0:
+            for name, layer in zip(names, first.unfused()):
+                setattr(module, name, layer)
     fused.clear()
 
 

@@ -75,32 +75,35 @@ def test_compiled_step_with_gptq_layers_behind_an_opaque_op(gptq_dir):
     assert not hasattr(layer, "llmkit_eager_forward")
 
 
-def test_fused_qkv_equals_generate_shares_and_gives_the_layers_back(chat_dir):
-    """fuse_qkv: one product for q, k and v while a decoder lives; the same tokens; then the model as it was."""
+def test_fused_projections_equal_generate_share_and_give_the_layers_back(chat_dir):
+    """fuse_projections: one product for q, k and v and one for gate and up while a decoder lives; the same tokens;
+    then the model as it was."""
     model, tokenizer = llmkit.load(str(chat_dir))
-    attention = model.model.layers[0].self_attn
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     n_parameters = sum(p.numel() for p in model.parameters())
     batch = left_padded(tokenizer, QUESTIONS)
     expected = reference(model, tokenizer, batch, 16)
-    first = GraphDecoder(model, batch_size=3, max_len=batch["input_ids"].shape[1] + 16, fuse_qkv=True)
-    assert type(attention.k_proj) is not torch.nn.Linear  # fused
-    q_weight = attention.q_proj.originals[0].weight
-    assert q_weight.untyped_storage().data_ptr() == attention.q_proj.originals[1].weight.untyped_storage().data_ptr()
+    first = GraphDecoder(model, batch_size=3, max_len=batch["input_ids"].shape[1] + 16, fuse_projections=True)
+    assert type(attention.k_proj) is not torch.nn.Linear and type(mlp.up_proj) is not torch.nn.Linear  # fused
+    for fused in (attention.q_proj, mlp.gate_proj):
+        storages = {layer.weight.untyped_storage().data_ptr() for layer in fused.originals}
+        assert len(storages) == 1  # views of one tensor
     assert sum(p.numel() for p in model.parameters()) == n_parameters  # views, counted once, nothing copied
     assert torch.equal(first.generate(batch["input_ids"], batch["attention_mask"], 16), expected)
-    with GraphDecoder(model, batch_size=3, max_len=batch["input_ids"].shape[1] + 16, fuse_qkv=True) as second:
+    with GraphDecoder(model, batch_size=3, max_len=batch["input_ids"].shape[1] + 16, fuse_projections=True) as second:
         assert torch.equal(second.generate(batch["input_ids"], batch["attention_mask"], 16), expected)
     assert type(attention.k_proj) is not torch.nn.Linear  # the first decoder still uses the fusion
     assert torch.equal(first.generate(batch["input_ids"], batch["attention_mask"], 16), expected)
     first.close()
-    assert all(type(getattr(attention, name)) is torch.nn.Linear for name in ("q_proj", "k_proj", "v_proj"))
-    storages = {getattr(attention, name).weight.untyped_storage().data_ptr() for name in ("q_proj", "k_proj", "v_proj")}
-    assert len(storages) == 3  # each layer has weights of its own again
+    layers = [getattr(attention, name) for name in ("q_proj", "k_proj", "v_proj")]
+    layers += [getattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj")]
+    assert all(type(layer) is torch.nn.Linear for layer in layers)
+    assert len({layer.weight.untyped_storage().data_ptr() for layer in layers}) == 6  # weights of their own again
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)
     assert torch.equal(reference(model, tokenizer, batch, 16), expected)
-    with GraphDecoder(model, batch_size=3, max_len=batch["input_ids"].shape[1] + 16, fuse_qkv=True,
+    with GraphDecoder(model, batch_size=3, max_len=batch["input_ids"].shape[1] + 16, fuse_projections=True,
                       compile_small_ops=True) as compiled:  # hf-fast's path: torch.compile traces the fused product
         assert torch.equal(compiled.generate(batch["input_ids"], batch["attention_mask"], 16), expected)
 
@@ -114,8 +117,9 @@ def test_llama_architecture_too(tmp_path):
     batch = left_padded(tokenizer, ["你好", "What is the capital of France?"])
     ours = greedy_generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=12)
     assert torch.equal(ours, reference(model, tokenizer, batch, 12))
-    with GraphDecoder(model, 2, batch["input_ids"].shape[1] + 12, fuse_qkv=True) as fused:  # no q/k/v bias in Llama
+    with GraphDecoder(model, 2, batch["input_ids"].shape[1] + 12, fuse_projections=True) as fused:  # no q/k/v bias in Llama
         assert type(model.model.layers[0].self_attn.v_proj) is not torch.nn.Linear
+        assert type(model.model.layers[0].mlp.up_proj) is not torch.nn.Linear
         assert torch.equal(fused.generate(batch["input_ids"], batch["attention_mask"], 12), ours)
 
 
@@ -131,5 +135,5 @@ def test_the_decode_profile_benchmark_runs_on_the_cpu(tmp_path):
     assert [r["batch"] for r in rows] == [1, 2]
     for row in rows:
         assert row["step_s"] > 0 and row["argmax_s"] > 0 and row["prefill_s"] > 0
-        assert row["variants"]["fused_qkv"]["step_s"] > 0
+        assert row["variants"]["fused"]["step_s"] > 0
         assert set(row["step_s_by_max_len"]) == {"128", "512", "2048"}
