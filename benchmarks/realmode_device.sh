@@ -5,11 +5,14 @@
 # under $OUT.
 #   bash benchmarks/realmode_device.sh CARD_GB "NN NN ..." [WHEEL_FOLDER ...]
 #   e.g. LLMKIT_COMMIT=abc1234 bash benchmarks/realmode_device.sh 24 "06 08" .whl .whlz
+# CALL_LIMIT_S (default 590): the device call's timeout_s. Each notebook's time limit is cut to what is left of it, so
+# that a notebook stopped by its limit is still written and recorded (a call killed at its limit records nothing).
 # KERNEL=NAME runs them in that Jupyter kernel (09 in the vLLM kernel that benchmarks/vllm_device.sh registers).
 # With 08 (llama.cpp) in the list and no llama-cpp-python wheel built on this machine yet, it builds one in the
 # background first (about 5 min, GPU_NOTES.md) and runs 08 last, once the build is done. LLAMA_BUILD=1 with a list
 # without 08 starts that build for the next call on the same (still held) machine.
 set -u
+call_start=$(date +%s)
 card=$1 notebooks=$2
 shift 2
 export LLMKIT_STANDIN=0 PIP_NO_INDEX=1  # PIP_NO_INDEX: LLaMA-Factory's install fails at once here (no network)
@@ -27,8 +30,11 @@ python3 -m llmkit.cli rehearse $models >"$OUT/rehearse.log" 2>&1 || { tail -5 "$
 echo "rehearsal checkpoints ($models): $(( $(date +%s) - start )) s"
 
 run() {
+  local limit=${NOTEBOOK_TIMEOUT:-480} left=$(( ${CALL_LIMIT_S:-590} - ($(date +%s) - call_start) - 20 ))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 30 ]; then echo "$1 not started: ${left} s left of the call"; return; fi
   python3 benchmarks/realmode_gpu.py --cards "$card" --notebooks "$1" --out "$OUT" --keep "$OUT/nb" \
-    --cell-timeout 300 --notebook-timeout "${NOTEBOOK_TIMEOUT:-480}" ${KERNEL:+--kernel "$KERNEL"} 2>&1 | tee "$OUT/$1_${card}gb.log" |
+    --cell-timeout 300 --notebook-timeout "$limit" ${KERNEL:+--kernel "$KERNEL"} 2>&1 | tee "$OUT/$1_${card}gb.log" |
     grep -v "WARNING\|MissingIDField\|_validate(" | tail -2  # the whole log (kernels' stderr too) stays in $OUT
   # The machine's disk is 64 GiB: remove what a notebook wrote for the learner to keep (04's safetensors copy of
   # XVERSE 13.6 GiB, 06's merged model 14.9 GiB, 08's GGUF files 23.6 GiB), or the next notebook finds the disk full
