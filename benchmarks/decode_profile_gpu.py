@@ -11,7 +11,8 @@ For one model and batch size it measures, in one process, with the bandwidth lim
   ``torch.cuda.synchronize()`` after it; prefill: the prompt's forward pass;
 - the first change the profile pointed at: q, k and v as one product and gate and up as another
   (``GraphDecoder(fuse_projections=True)``), its step time and kernels; with ``--compiled`` also both variants
-  through ``torch.compile`` (``hf-fast``'s path; a compile per variant and batch size, about a minute each on a GPU).
+  through ``torch.compile`` (``hf-fast``'s path; a compile per variant and batch size, about a minute each on a GPU);
+  with ``--autotune`` also the compiled, fused step with inductor's autotuned matrix products.
 
     python benchmarks/decode_profile_gpu.py --model Qwen/Qwen2-7B-Instruct --batch 1 25 --out $OUT/profile.json
 On a CPU (``--standin``) the same code runs on the stand-in without graphs, events or CUDA kernels, to keep it working.
@@ -33,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from gptq72b_gpu import model_bytes  # noqa: E402  (reused, not copied)
 from load_memory_gpu import copy_bandwidth_gbs  # noqa: E402
+from realmode_gpu import code_version  # noqa: E402
 
 import llmkit  # noqa: E402
 from llmkit.generation.bench import workload  # noqa: E402
@@ -84,12 +86,17 @@ def kernel_split(decoder: GraphDecoder, steps: int = 10) -> dict:
                              "calls_per_step": e.count / steps} for e in top]}
 
 
-def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, compiled: bool) -> dict:
-    """Step time (and on CUDA the top kernels) of the decoder variants the profile suggested, same workload."""
+def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, compiled: bool,
+                 autotune: bool = False) -> dict:
+    """Step time (and on CUDA the top kernels) of the decoder variants the profile suggested, same workload;
+    ``autotune`` adds the compiled, fused step with inductor's autotuned matrix products."""
     variants = {"fused": {"fuse_projections": True}}
     if compiled:
         variants |= {"compiled": {"compile_small_ops": True},
                      "compiled_fused": {"compile_small_ops": True, "fuse_projections": True}}
+    if autotune:
+        variants["compiled_fused_autotune"] = {"compile_small_ops": True, "fuse_projections": True,
+                                               "compile_mode": "max-autotune-no-cudagraphs"}
     rows = {}
     for name, options in variants.items():
         with decoder_at(model, tokenizer, batch, 64, 64 + 256, **options) as decoder:
@@ -135,10 +142,13 @@ def main() -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 25])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--compiled", action="store_true", help="also the torch.compile variants (minutes on a GPU)")
+    parser.add_argument("--autotune", action="store_true",
+                        help="also the compiled, fused step with mode max-autotune-no-cudagraphs (more minutes)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     model, tokenizer = llmkit.load(llmkit.pick_model(args.model))
-    result = {"date": datetime.date.today().isoformat(), "model": args.model, "dtype": str(model.dtype),
+    result = {"date": datetime.date.today().isoformat(), "commit": code_version(), "model": args.model,
+              "dtype": str(model.dtype),
               "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
               "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
                            "python": platform.python_version()}}
@@ -154,7 +164,7 @@ def main() -> None:
     for batch in args.batch:  # written after each batch size: a call that runs out of time keeps what it measured
         result["batches"].append(profile_batch(model, tokenizer, batch, limit))
         args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-        result["batches"][-1]["variants"] = variant_rows(model, tokenizer, batch, limit, args.compiled)
+        result["batches"][-1]["variants"] = variant_rows(model, tokenizer, batch, limit, args.compiled, args.autotune)
         args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
     print(json.dumps(result)[:2000])
 
