@@ -12,7 +12,7 @@
 #                    them); SHA256SUMS of the whole wheels lies in the folder with the most room.
 # Then, on the GPU machine, one call per folder (carry [".whlv/pNN"]):  bash benchmarks/vllm_device.sh add .whlv/pNN
 # and in the last one also:                                               bash benchmarks/vllm_device.sh install
-# Settings: SKIP="name ..." leaves packages out on purpose; PY312=path of a python3.12 for resolving (markers);
+# Settings: SKIP="name ..." leaves packages out on purpose (default: DEFAULT_SKIP below); PY312=path of a python3.12 for resolving (markers);
 #   MANYLINUX_MAX=35 (highest manylinux_2_N glibc accepted; the GPU image's Python 3.12.3 suggests glibc 2.39);
 #   CUDA_PINS (default pins the CUDA compiler wheels to the 13.0 series of the driver/torch: nvcc, crt, nvvm, cccl).
 # The course's pins of the packages it shares with vLLM (requirements-vllm.txt) are constraints too.
@@ -39,7 +39,15 @@ TOOL=$D/.tool/bin/python
 
 PLAT="--platform manylinux2014_x86_64"
 for n in $(seq 17 "${MANYLINUX_MAX:-35}"); do PLAT="$PLAT --platform manylinux_2_${n}_x86_64"; done
-export PLAT D FREEZE SKIP="${SKIP:-}"
+# Left out unless SKIP is set: wheels that a bf16 or GPTQ Qwen2 on an H100/H200 never imports (vLLM imports each of
+# them inside the function that needs it), 414 MB, 7 carry calls: the CUDA 12 libraries of cutlass-dsl and its CUDA 13
+# ones (FlashAttention 4's CuTe path, Blackwell), a video decoder and OpenCV (video inputs), tilelang and its z3
+# solver (mHC kernels), tokenspeed (DeepSeek's MLA), and the nvcc/nvvm wheels (the GPU image has a system nvcc, and
+# with VLLM_USE_FLASHINFER_SAMPLER=0 nothing compiles at start-up). `vllm_device.sh install` imports vllm and its
+# compiled ops afterwards, so a wheel left out wrongly shows there.
+DEFAULT_SKIP="nvidia-cutlass-dsl-libs-cu12 nvidia-cutlass-dsl-libs-cu13 pynvvideocodec opencv-python-headless tilelang
+  z3-solver tokenspeed-mla tokenspeed-triton nvidia-cuda-nvcc nvidia-nvvm"
+export PLAT D FREEZE SKIP="${SKIP-$DEFAULT_SKIP}"
 export CUDA_PINS="${CUDA_PINS-nvidia-cuda-nvcc<13.1 nvidia-cuda-crt<13.1 nvidia-nvvm<13.1 nvidia-cuda-cccl<13.1}"
 # the course's own pins for what it shares with vLLM (transformers, hub, openai, ...), as `bash setup.sh vllm` installs
 # them: requirements-vllm.txt without its vllm / torch lines (0.27.1 / 2.13.0 there; 0.26.0 / 2.11.0 on the GPU machine)
