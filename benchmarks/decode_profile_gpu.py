@@ -10,9 +10,9 @@ For one model and batch size it measures, in one process, with the bandwidth lim
 - sampling: the ``argmax`` over the vocabulary alone; host synchronisation: a step with and without
   ``torch.cuda.synchronize()`` after it; prefill: the prompt's forward pass;
 - the first change the profile pointed at: q, k and v as one product and gate and up as another
-  (``GraphDecoder(fuse_projections=True)``), its step time and kernels; with ``--compiled`` also both variants
-  through ``torch.compile`` (``hf-fast``'s path; a compile per variant and batch size, about a minute each on a GPU);
-  with ``--autotune`` also the compiled, fused step with inductor's autotuned matrix products.
+  (``GraphDecoder(fuse_projections=True)``), its step time and kernels; ``--variants`` also times the step through
+  ``torch.compile`` (``compiled``, ``compiled_fused``: ``hf-fast``'s path; a compile per variant and batch size,
+  about a minute each on a GPU) and with inductor's autotuned matrix products (``compiled_fused_autotune``).
 
     python benchmarks/decode_profile_gpu.py --model Qwen/Qwen2-7B-Instruct --batch 1 25 --out $OUT/profile.json
 On a CPU (``--standin``) the same code runs on the stand-in without graphs, events or CUDA kernels, to keep it working.
@@ -86,27 +86,28 @@ def kernel_split(decoder: GraphDecoder, steps: int = 10) -> dict:
                              "calls_per_step": e.count / steps} for e in top]}
 
 
-def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, compiled: bool,
-                 autotune: bool = False) -> dict:
-    """Step time (and on CUDA the top kernels) of the decoder variants the profile suggested, same workload;
-    ``autotune`` adds the compiled, fused step with inductor's autotuned matrix products."""
-    variants = {"fused": {"fuse_projections": True}}
-    if compiled:
-        variants |= {"compiled": {"compile_small_ops": True},
-                     "compiled_fused": {"compile_small_ops": True, "fuse_projections": True}}
-    if autotune:
-        variants["compiled_fused_autotune"] = {"compile_small_ops": True, "fuse_projections": True,
-                                               "compile_mode": "max-autotune-no-cudagraphs"}
-    rows = {}
-    for name, options in variants.items():
-        with decoder_at(model, tokenizer, batch, 64, 64 + 256, **options) as decoder:
+VARIANTS = {  # GraphDecoder options of each variant the profile suggested
+    "fused": {"fuse_projections": True},
+    "compiled": {"compile_small_ops": True},
+    "compiled_fused": {"compile_small_ops": True, "fuse_projections": True},  # hf-fast
+    "compiled_fused_autotune": {"compile_small_ops": True, "fuse_projections": True,
+                                "compile_mode": "max-autotune-no-cudagraphs"},
+}
+
+
+def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, names: list[str], rows: dict,
+                 save) -> None:
+    """Step time (and on CUDA the top kernels) of the named ``VARIANTS``, same workload, into ``rows``;
+    ``save()`` after each."""
+    for name in names:
+        with decoder_at(model, tokenizer, batch, 64, 64 + 256, **VARIANTS[name]) as decoder:
             step_s = timed(step_fn(decoder))
             rows[name] = {"step_s": round(step_s, 6), "tokens_per_s": round(batch / step_s, 1)}
             if limit_steps_per_s:
                 rows[name]["fraction_of_limit"] = round(1 / step_s / limit_steps_per_s, 3)
             if torch.cuda.is_available():
                 rows[name]["top_kernels"] = kernel_split(decoder)["top_kernels"][:6]
-    return rows
+        save()
 
 
 def profile_batch(model, tokenizer, batch: int, limit_steps_per_s: float | None) -> dict:
@@ -141,9 +142,9 @@ def main() -> None:
     parser.add_argument("--model", default="Qwen/Qwen2-7B-Instruct", help="an id llmkit.pick_model resolves")
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 25])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--compiled", action="store_true", help="also the torch.compile variants (minutes on a GPU)")
-    parser.add_argument("--autotune", action="store_true",
-                        help="also the compiled, fused step with mode max-autotune-no-cudagraphs (more minutes)")
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=["fused"],
+                        help="decoder variants to time after the profile, in this order (a compiled one: a minute or "
+                             "more each on a GPU; the autotuned one: more)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     model, tokenizer = llmkit.load(llmkit.pick_model(args.model))
@@ -161,11 +162,15 @@ def main() -> None:
                       bandwidth_limit_steps_per_s=round(limit, 1),
                       strict_limit_steps_per_s=round(bandwidth * 1e9 / one_row, 1))
     result["batches"] = []
-    for batch in args.batch:  # written after each batch size: a call that runs out of time keeps what it measured
+
+    def save():  # after each measurement: a call that runs out of time keeps what it measured
+        args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+
+    for batch in args.batch:
         result["batches"].append(profile_batch(model, tokenizer, batch, limit))
-        args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-        result["batches"][-1]["variants"] = variant_rows(model, tokenizer, batch, limit, args.compiled, args.autotune)
-        args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+        save()
+        variant_rows(model, tokenizer, batch, limit, args.variants, result["batches"][-1].setdefault("variants", {}),
+                     save)
     print(json.dumps(result)[:2000])
 
 
