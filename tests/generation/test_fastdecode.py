@@ -108,6 +108,18 @@ def test_fused_projections_equal_generate_share_and_give_the_layers_back(chat_di
         assert torch.equal(compiled.generate(batch["input_ids"], batch["attention_mask"], 16), expected)
 
 
+def test_fused_projections_called_in_another_order_fail_clearly(chat_dir, monkeypatch):
+    """A model whose MLP calls up before gate would get gate's slice for up: it must stop, not decode garbage."""
+    model, tokenizer = llmkit.load(str(chat_dir))
+    mlp_class = type(model.model.layers[0].mlp)
+    monkeypatch.setattr(mlp_class, "forward",
+                        lambda self, x: self.down_proj(self.up_proj(x) * self.act_fn(self.gate_proj(x))))
+    batch = left_padded(tokenizer, QUESTIONS[:1])
+    with GraphDecoder(model, 1, batch["input_ids"].shape[1] + 4, fuse_projections=True) as decoder:
+        with pytest.raises(RuntimeError, match="up_proj ran before gate_proj.*fuse_projections=False"):
+            decoder.generate(batch["input_ids"], batch["attention_mask"], 4)
+
+
 def test_llama_architecture_too(tmp_path):
     """Llama's forward builds its mask without Qwen2's shortcut: the decoder's 4-D mask must work there too."""
     from llmkit.standins import standin_path
@@ -117,7 +129,7 @@ def test_llama_architecture_too(tmp_path):
     batch = left_padded(tokenizer, ["你好", "What is the capital of France?"])
     ours = greedy_generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=12)
     assert torch.equal(ours, reference(model, tokenizer, batch, 12))
-    with GraphDecoder(model, 2, batch["input_ids"].shape[1] + 12, fuse_projections=True) as fused:  # no q/k/v bias in Llama
+    with GraphDecoder(model, 2, batch["input_ids"].shape[1] + 12, fuse_projections=True) as fused:  # Llama: no bias
         assert type(model.model.layers[0].self_attn.v_proj) is not torch.nn.Linear
         assert type(model.model.layers[0].mlp.up_proj) is not torch.nn.Linear
         assert torch.equal(fused.generate(batch["input_ids"], batch["attention_mask"], 12), ours)
