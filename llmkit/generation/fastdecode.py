@@ -234,8 +234,8 @@ class _FusedPart(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = self.source[0]
         if x is not fused.input:  # a model that calls the projections in another order, or on other inputs
-            raise RuntimeError(f"{fused.names[self.index + 1]} ran before {fused.names[0]} on the same input: this "
-                               f"model's forward does not call {', '.join(fused.names)} in the order that "
+            raise RuntimeError(f"{fused.names[self.index + 1]} did not follow {fused.names[0]} on the same input: "
+                               f"this model's forward does not call {', '.join(fused.names)} in the order that "
                                "GraphDecoder(fuse_projections=True) needs; use fuse_projections=False")
         return fused.rest[self.index]
 

@@ -116,7 +116,7 @@ def test_fused_projections_called_in_another_order_fail_clearly(chat_dir, monkey
                         lambda self, x: self.down_proj(self.up_proj(x) * self.act_fn(self.gate_proj(x))))
     batch = left_padded(tokenizer, QUESTIONS[:1])
     with GraphDecoder(model, 1, batch["input_ids"].shape[1] + 4, fuse_projections=True) as decoder:
-        with pytest.raises(RuntimeError, match="up_proj ran before gate_proj.*fuse_projections=False"):
+        with pytest.raises(RuntimeError, match="up_proj did not follow gate_proj.*fuse_projections=False"):
             decoder.generate(batch["input_ids"], batch["attention_mask"], 4)
 
 
