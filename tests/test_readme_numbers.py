@@ -1,5 +1,5 @@
 """The measured numbers in the README and the docs pages it links quote the result files in benchmarks/results/:
-the llama.cpp and 72B split tables in docs/results.md, the DDP table in docs/multi-gpu-slurm.md, the real-mode table
+the llama.cpp and 72B split tables and the decode profile in docs/results.md, the DDP table in docs/multi-gpu-slurm.md, the real-mode table
 and the disk and time of a full run in README.md."""
 
 import json
@@ -19,6 +19,23 @@ def test_gguf_table_quotes_the_result_file():
         assert str(step["eval_tokens_per_s"]) in readme, step
     builds = json.loads((ROOT / "benchmarks" / "results" / "llamacpp_build.json").read_text())["builds"]
     assert all(f"{b['seconds']}" in readme for b in builds)
+
+
+def test_decode_profile_numbers_quote_the_result_files():
+    docs = (ROOT / "docs" / "results.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    results = ROOT / "benchmarks" / "results"
+    first = json.loads((results / "decode_profile_h200.json").read_text())
+    batch1, batch25 = first["batches"]
+    quoted = [batch1["step_s"], batch25["step_s"]] + [v["step_s"] for v in batch1["variants"].values()]
+    assert all(f"{s * 1000:.2f} ms" in docs for s in quoted)
+    assert f"{first['bandwidth_limit_steps_per_s']} steps/s" in docs
+    fused = json.loads((results / "decode_profile_fused_h200.json").read_text())
+    row = fused["batches"][0]["variants"]["compiled_fused"]
+    for text in (docs, readme):
+        assert f"{row['step_s'] * 1000:.2f} ms" in text and f"{row['tokens_per_s']} tok/s" in text
+        assert f"{row['fraction_of_limit'] * 100:.1f}%" in text
+    assert f"{fused['batches'][0]['step_s'] * 1000:.2f} ms" in readme
 
 
 def test_split_table_quotes_the_result_file():
