@@ -11,7 +11,7 @@ from pathlib import Path
 
 from llmkit.generation.bench_engines import ENGINE_BACKENDS, require_engine_python
 from llmkit.generation.bench_limit import fraction_of_limit
-from llmkit.generation.bench_result import ALL_BACKENDS
+from llmkit.generation.bench_result import ALL_BACKENDS, COMPILE_MODES
 from llmkit.cli.table import print_table
 from llmkit.errors import BadInput
 from llmkit.pick import model_or_default
@@ -30,6 +30,9 @@ def register(sub) -> None:
     parser.add_argument("--input-len", type=int, default=64, help="tokens per prompt (default 64)")
     parser.add_argument("--output-len", type=int, default=128, help="new tokens per prompt, fixed (default 128)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up; the median counts")
+    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                        help="torch.compile mode of hf-graph-compile (hf-fast on CUDA); max-autotune-no-cudagraphs "
+                             "also tunes the matrix products: minutes more warm-up (default: default)")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
     parser.add_argument("--chart", type=Path, help="save a bar chart of tokens/s to this image file")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --out and --chart files")
@@ -147,7 +150,8 @@ def _bench_one(backend: str, args, hf_model: _LazyModel, tokenizer, model_dir, p
         return bench_engines.bench_llamacpp_isolated(args.gguf, prompts, args.output_len, args.repeats)
     if backend == "vllm":
         return bench_engines.bench_vllm_isolated(model_dir, prompts, args.output_len, args.repeats)
-    return bench(hf_model(), tokenizer, backend, prompts, new_tokens=args.output_len, repeats=args.repeats)
+    return bench(hf_model(), tokenizer, backend, prompts, new_tokens=args.output_len, repeats=args.repeats,
+                 compile_mode=args.compile_mode)
 
 
 def save_chart(data: dict, path: Path, overwrite: bool = False) -> None:

@@ -182,5 +182,7 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
         if decoder is not None:
             decoder.close()  # the model gets its own layers back (fused projections, compiled quantized layers)
     details = {"graph_decoder_timings_last_run": decoder.timings} if decoder else {}
+    if backend == "hf-graph-compile":
+        details["compile_mode"] = compile_mode
     return result(backend, prompts, new_tokens, warm_up_s, runs,
                   peak_memory_gib=round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None, details=details)

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 BACKENDS = ("hf", "hf-static", "hf-cb", "hf-graph", "hf-graph-compile")  # transformers ways of generating
 ALL_BACKENDS = ("hf-fast", *BACKENDS)  # hf-fast: the fastest of them (GraphDecoder + torch.compile)
+# torch.compile modes of hf-graph-compile: those that leave CUDA graphs to GraphDecoder's own capture
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 @dataclass

@@ -30,6 +30,25 @@ def test_bench_writes_json_and_chart(tmp_path, capsys):
         assert row["fraction_of_limit"] == pytest.approx(row["tokens_per_s"] / (2 * limit["limit_steps_per_s"]), abs=1e-3)
 
 
+def test_bench_passes_its_compile_mode_to_the_compiled_decoder(monkeypatch, capsys):
+    import llmkit.generation.bench as bench_module
+
+    modes, real_decoder = [], bench_module.GraphDecoder
+
+    def recording_decoder(*args, compile_mode="default", **kwargs):
+        modes.append(compile_mode)  # autotuning itself takes minutes: the stand-in compiles in the default mode
+        return real_decoder(*args, **kwargs)
+
+    monkeypatch.setattr(bench_module, "GraphDecoder", recording_decoder)
+    code = main([*SMALL, "--backend", "hf-graph-compile", "--compile-mode", "max-autotune-no-cudagraphs", "--json"])
+    printed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
+    assert code == 0 and modes == ["max-autotune-no-cudagraphs"]
+    assert printed["results"][0]["details"]["compile_mode"] == "max-autotune-no-cudagraphs"
+    with pytest.raises(SystemExit) as refused:
+        main([*SMALL, "--compile-mode", "reduce-overhead"])  # its CUDA graphs would clash with GraphDecoder's
+    assert refused.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
 def test_bench_never_overwrites_a_results_file(tmp_path, capsys):
     out = tmp_path / "bench.json"
     out.write_text("earlier results")
