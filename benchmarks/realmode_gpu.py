@@ -215,7 +215,7 @@ def code_version() -> str | None:
 def readme_table(results: Path = ROOT / "benchmarks" / "results", cards: tuple[int, ...] = (24, 40, 80)) -> str:
     """The README's course map in real mode, per notebook and card size, made from the result files
     (tests/test_readme_numbers.py compares the two)."""
-    runs = {card: json.loads(f.read_text())["notebooks"] if (f := results / f"realmode_h200_{card}gb.json").exists()
+    runs = {card: json.loads(f.read_text())["notebooks"] if (f := results / f"realmode_{card}gb.json").exists()
             else {} for card in cards}
     lines = ["| notebook | " + " | ".join(f"{card} GB card" for card in cards) + " |", "| --- |" + " --- |" * len(cards)]
     for name in sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
@@ -260,7 +260,7 @@ def main() -> None:
     args.keep.mkdir(parents=True, exist_ok=True)
     info = machine()
     for card in args.cards:
-        result_file = args.out / f"realmode_h200_{card}gb.json"
+        result_file = args.out / f"realmode_{card}gb.json"
         result = json.loads(result_file.read_text()) if result_file.exists() else {"card_gb": card, "notebooks": {}}
         result.update(machine=info)
         for number in args.notebooks:
@@ -270,7 +270,7 @@ def main() -> None:
             path = next((ROOT / "notebooks").glob(f"{number}_*.ipynb"))
             print(f"--- {path.name} at {card} GB", flush=True)
             report = run_notebook(path, card, args.keep, args.cell_timeout, args.notebook_timeout, args.kernel)
-            result["notebooks"][path.stem] = {**report, "date": datetime.date.today().isoformat(),
+            result["notebooks"][path.stem] = {**report, "gpu": info["gpu"], "date": datetime.date.today().isoformat(),
                                               "commit": code_version(), **({"kernel": args.kernel} if args.kernel else {})}
             print(json.dumps({k: v for k, v in report.items() if k != "skips"}, ensure_ascii=False), flush=True)
             result_file.write_text(json.dumps(result, indent=2, ensure_ascii=False))

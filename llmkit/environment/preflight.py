@@ -1,7 +1,7 @@
 """``preflight``: what a notebook needs on your card before you run it, from the course's own measurements.
 
 For each card size: whether the notebook ran fully in real mode, which cells it skipped there (and why) or which
-failed, the peak GPU memory and wall time measured (``benchmarks/realmode_gpu.py`` → ``realmode_h200_<N>gb.json``,
+failed, the peak GPU memory and wall time measured (``benchmarks/realmode_gpu.py`` → ``realmode_<N>gb.json``,
 full-shape checkpoints on an H200 emulating the card), and how much its models download. Where a notebook has not
 been run at a card size it says so, with llmkit's memory estimate instead.
 """
@@ -34,7 +34,7 @@ def preflight(notebook: str, models: list[str], cards: tuple[int, ...] = CARDS, 
     biggest = max(e["total_gib"] for e in needs.values())
     rows = []
     for card in cards:
-        run = _measured(results / f"realmode_h200_{card}gb.json", notebook)
+        run = _measured(results / f"realmode_{card}gb.json", notebook)
         row = {"card_gb": card, "estimate_gib": round(biggest, 1), "fits_by_estimate": biggest <= card,
                "status": _status(run, card), "peak_gib": run and run["peak_gpu_gib"], "wall_s": run and run["wall_s"]}
         rows.append(row)

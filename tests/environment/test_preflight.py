@@ -16,9 +16,9 @@ def run(passed=8, failed=0, skips=(), failures=()):
 
 def test_each_card_says_what_was_measured_or_that_nothing_was(tmp_path, capsys):
     skip = "[skipped] Qwen/Qwen2-72B-Instruct-GPTQ-Int4 needs about 42 GiB but this card has 23 GiB free: nothing"
-    (tmp_path / "realmode_h200_24gb.json").write_text(json.dumps({"notebooks": {"03_x": run(skips=[skip])}}))
+    (tmp_path / "realmode_24gb.json").write_text(json.dumps({"notebooks": {"03_x": run(skips=[skip])}}))
     oom = run(failed=1, failures=["OutOfMemoryError: CUDA out of memory"])
-    (tmp_path / "realmode_h200_80gb.json").write_text(json.dumps({"notebooks": {"03_x": oom}}))
+    (tmp_path / "realmode_80gb.json").write_text(json.dumps({"notebooks": {"03_x": oom}}))
     rows = preflight("03_x", ["Qwen/Qwen2-72B-Instruct-GPTQ-Int4"], results=tmp_path)
     out = capsys.readouterr().out
     assert "download: Qwen/Qwen2-72B-Instruct-GPTQ-Int4 41.6 GB" in out
@@ -30,7 +30,7 @@ def test_each_card_says_what_was_measured_or_that_nothing_was(tmp_path, capsys):
 
 
 def test_a_notebook_that_ran_fully_says_so_and_no_models_is_bad_input(tmp_path):
-    (tmp_path / "realmode_h200_24gb.json").write_text(json.dumps({"notebooks": {"02_x": run()}}))
+    (tmp_path / "realmode_24gb.json").write_text(json.dumps({"notebooks": {"02_x": run()}}))
     assert preflight("02_x", ["Qwen/Qwen2-7B-Instruct"], cards=(24,), results=tmp_path)[0]["status"] == "runs fully"
     with pytest.raises(BadInput, match="name the models"):
         preflight("02_x", [], results=tmp_path)
@@ -38,6 +38,6 @@ def test_a_notebook_that_ran_fully_says_so_and_no_models_is_bad_input(tmp_path):
 
 def test_a_run_that_used_more_than_the_card_is_not_a_confirmation(tmp_path):
     over = {**run(), "peak_gpu_gib": 30.2}
-    (tmp_path / "realmode_h200_24gb.json").write_text(json.dumps({"notebooks": {"08_x": over}}))
+    (tmp_path / "realmode_24gb.json").write_text(json.dumps({"notebooks": {"08_x": over}}))
     status = preflight("08_x", ["Qwen/Qwen2-7B-Instruct"], cards=(24,), results=tmp_path)[0]["status"]
     assert status == "not confirmed at this size: the measured run used 30.2 GiB, more than the card has"
