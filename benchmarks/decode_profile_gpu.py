@@ -12,7 +12,8 @@ For one model and batch size it measures, in one process, with the bandwidth lim
 - the first change the profile pointed at: q, k and v as one product and gate and up as another
   (``GraphDecoder(fuse_projections=True)``), its step time and kernels; ``--variants`` also times the step through
   ``torch.compile`` (``compiled``, ``compiled_fused``: ``hf-fast``'s path; a compile per variant and batch size,
-  about a minute each on a GPU) and with inductor's autotuned matrix products (``compiled_fused_autotune``).
+  about a minute each on a GPU), with inductor's autotuned matrix products (``compiled_fused_autotune``) and with
+  other attention kernels (``compiled_fused_eager_attention``, ``compiled_fused_efficient_sdpa``).
 
     python benchmarks/decode_profile_gpu.py --model Qwen/Qwen2-7B-Instruct --batch 1 25 --out $OUT/profile.json
 On a CPU (``--standin``) the same code runs on the stand-in without graphs, events or CUDA kernels, to keep it working.
@@ -21,6 +22,7 @@ On a CPU (``--standin``) the same code runs on the stand-in without graphs, even
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -86,13 +88,35 @@ def kernel_split(decoder: GraphDecoder, steps: int = 10) -> dict:
                              "calls_per_step": e.count / steps} for e in top]}
 
 
-VARIANTS = {  # GraphDecoder options of each variant the profile suggested
+HF_FAST = {"compile_small_ops": True, "fuse_projections": True}
+VARIANTS = {  # GraphDecoder options of each variant the profile suggested; "attention" is the model's setting
     "fused": {"fuse_projections": True},
     "compiled": {"compile_small_ops": True},
-    "compiled_fused": {"compile_small_ops": True, "fuse_projections": True},  # hf-fast
-    "compiled_fused_autotune": {"compile_small_ops": True, "fuse_projections": True,
-                                "compile_mode": "max-autotune-no-cudagraphs"},
+    "compiled_fused": HF_FAST,
+    "compiled_fused_autotune": {**HF_FAST, "compile_mode": "max-autotune-no-cudagraphs"},
+    # the attention step (cuDNN's SDPA kernel took about 5 % of the compiled step, for 1 query row over 320 keys):
+    # transformers' eager attention, whose matmuls, softmax and mask inductor can fuse; SDPA without cuDNN (the
+    # memory-efficient kernel: flash cannot take the decoder's additive mask)
+    "compiled_fused_eager_attention": {**HF_FAST, "attention": "eager"},
+    "compiled_fused_efficient_sdpa": {**HF_FAST, "attention": "sdpa-efficient"},
 }
+
+
+@contextlib.contextmanager
+def attention(model, choice: str | None):
+    """The model's attention as ``choice`` says ("eager", "sdpa-efficient"; None: unchanged) inside the block."""
+    implementation, cudnn = model.config._attn_implementation, torch.backends.cuda.cudnn_sdp_enabled()
+    if choice == "eager":
+        model.set_attn_implementation("eager")
+    elif choice == "sdpa-efficient":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    elif choice is not None:
+        raise ValueError(f"unknown attention choice {choice!r}")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(implementation)
+        torch.backends.cuda.enable_cudnn_sdp(cudnn)
 
 
 def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, names: list[str], rows: dict,
@@ -100,7 +124,9 @@ def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, 
     """Step time (and on CUDA the top kernels) of the named ``VARIANTS``, same workload, into ``rows``;
     ``save()`` after each."""
     for name in names:
-        with decoder_at(model, tokenizer, batch, 64, 64 + 256, **VARIANTS[name]) as decoder:
+        options = dict(VARIANTS[name])
+        with attention(model, options.pop("attention", None)), \
+                decoder_at(model, tokenizer, batch, 64, 64 + 256, **options) as decoder:
             step_s = timed(step_fn(decoder))
             rows[name] = {"step_s": round(step_s, 6), "tokens_per_s": round(batch / step_s, 1)}
             if limit_steps_per_s:

@@ -149,3 +149,22 @@ def test_the_decode_profile_benchmark_runs_on_the_cpu(tmp_path):
         assert row["step_s"] > 0 and row["argmax_s"] > 0 and row["prefill_s"] > 0
         assert row["variants"]["fused"]["step_s"] > 0
         assert set(row["step_s_by_max_len"]) == {"128", "512", "2048"}
+
+
+@pytest.mark.parametrize("choice", ["eager", "sdpa-efficient"])
+def test_the_profiles_attention_variants_decode_the_same_and_are_undone(chat_dir, choice):
+    """decode_profile_gpu.py's attention variants: other attention kernels, the same tokens, the model left as it was."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from decode_profile_gpu import attention
+
+    model, tokenizer = llmkit.load(str(chat_dir))
+    batch = left_padded(tokenizer, QUESTIONS)
+    before = model.config._attn_implementation
+    with attention(model, choice), GraphDecoder(model, 3, batch["input_ids"].shape[1] + 12,
+                                                fuse_projections=True) as decoder:
+        assert model.config._attn_implementation == ("eager" if choice == "eager" else before)
+        ours = decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=12)
+    assert model.config._attn_implementation == before and torch.backends.cuda.cudnn_sdp_enabled()
+    assert torch.equal(ours, reference(model, tokenizer, batch, 12))
+    with pytest.raises(ValueError, match="unknown attention choice"), attention(model, "flash"):
+        pass
