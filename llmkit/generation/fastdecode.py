@@ -45,6 +45,10 @@ class GraphDecoder:
     seconds. ``compile_small_ops=True`` additionally runs the step through ``torch.compile`` with the quantized
     linear layers left out (their custom kernels cannot be traced): norms, rotary and residual adds fuse;
     ``compile_mode`` is passed to ``torch.compile`` ("max-autotune-no-cudagraphs" also tunes the matrix products).
+    The step is compiled for this decoder's fixed shapes (``dynamic=False``): without it, a second decoder of another
+    batch size or length in the same process made torch.compile's automatic dynamic shapes recompile the step with a
+    symbolic batch and length (kernels not specialised to the sizes; ``decode_fast_h100.json``'s 25-prompt rows were
+    compiled that way, after batch 1 in the same process).
     ``fuse_projections=True`` computes each attention layer's q, k and v projections as one matrix product, and
     each MLP's gate and up projections as another (fewer, larger products; the profile in
     ``benchmarks/results/decode_profile_h200.json`` found the three separate q/k/v products at about a third of the
@@ -70,7 +74,7 @@ class GraphDecoder:
         self.step_mask = torch.zeros(batch_size, 1, 1, max_len, dtype=model.dtype, device=device)
         patched = _put_quantized_behind_op(model) if compile_small_ops else []
         fused = _fuse_projections(model) if fuse_projections else []
-        self.forward = torch.compile(model, mode=compile_mode) if compile_small_ops else model
+        self.forward = torch.compile(model, mode=compile_mode, dynamic=False) if compile_small_ops else model
         self._restore = weakref.finalize(self, _restore_model, patched, fused)
         self.graph, self.graph_next, self.timings = None, None, {}
 

@@ -2,6 +2,7 @@
 
 import gc
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -168,3 +169,25 @@ def test_the_profiles_attention_variants_decode_the_same_and_are_undone(chat_dir
     assert torch.equal(ours, reference(model, tokenizer, batch, 12))
     with pytest.raises(ValueError, match="unknown attention choice"), attention(model, "flash"):
         pass
+
+
+def test_compiled_decoders_of_other_sizes_are_compiled_for_their_own_shapes(chat_dir):
+    """A second compiled decoder (other batch size and length) in the same process is not turned into a
+    dynamic-shape graph by torch.compile's automatic dynamic shapes (its kernels would be slower, e.g. batch 25 after
+    batch 1 in one benchmark process)."""
+    logger = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    records, handler, level = [], logging.Handler(), logger.level
+    handler.emit = records.append
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        model, tokenizer = llmkit.load(str(chat_dir))
+        for rows, length in ((1, 24), (2, 20)):
+            ids = torch.randint(100, 1000, (rows, 8))
+            with GraphDecoder(model, rows, length, compile_small_ops=True, fuse_projections=True) as decoder:
+                assert decoder.generate(ids, torch.ones_like(ids), max_new_tokens=3).shape == (rows, 3)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert records, "torch's shape log said nothing: the check below would prove nothing"
+    assert not [r.getMessage() for r in records if "as dynamic" in r.getMessage()]
