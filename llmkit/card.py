@@ -6,10 +6,11 @@ One setting, ``LLMKIT_CARD_GB=24`` (or 40, 80, any size up to the real card), do
   model or a batch that would not fit the smaller card runs out of memory as it would there. llmkit applies the
   cap itself (``pick_model``, ``load``); other Python processes started with ``child_env()``'s environment
   (servers, the chatbot) apply it through a ``sitecustomize`` hook when they first initialise CUDA.
-- ``torch.cuda.mem_get_info`` reports the emulated card: total is its size, free is that size minus what every
-  process on the real GPU uses. llmkit's fit checks and the doctor read it, and so do the libraries that size
-  themselves from free memory (transformers' continuous batching sizes its KV cache that way; on a real 24 GB card
-  it would find about 8 GiB free beside a 7B model, not the big GPU's 120).
+- ``torch.cuda.mem_get_info`` (and ``torch.accelerator.get_memory_info``) report the emulated card: total is its
+  size, free is that size minus what every process on the real GPU uses. llmkit's fit checks and the doctor read
+  it, and so do the libraries that size themselves from free memory (transformers' continuous batching sizes its KV
+  cache that way, vLLM its ``gpu_memory_utilization`` share of the card; on a real 24 GB card they would find about
+  8 GiB free beside a 7B model, not the big GPU's 120).
 
 It is how the course's real mode is rehearsed on one big GPU (``llmkit rehearse``); a learner's own 24 GB card
 needs no setting.
@@ -126,16 +127,25 @@ def _cap(torch) -> None:
 
 
 def _emulate_mem_get_info(torch) -> None:
-    """Make ``torch.cuda.mem_get_info`` report the emulated card (``emulate``); once, whether or not CUDA started."""
+    """Make ``torch.cuda.mem_get_info`` and ``torch.accelerator.get_memory_info`` (what vLLM sizes itself with) report
+    the emulated card (``emulate``); once, whether or not CUDA started."""
     if card_gib() is None or hasattr(torch.cuda.mem_get_info, "__wrapped__"):
         return
-    real = torch.cuda.mem_get_info
+    torch.cuda.mem_get_info = torch.cuda.memory.mem_get_info = _emulated(torch.cuda.mem_get_info)
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "get_memory_info"):
+        accelerator.get_memory_info = _emulated(accelerator.get_memory_info)
+        if hasattr(accelerator, "memory"):
+            accelerator.memory.get_memory_info = accelerator.get_memory_info
 
+
+def _emulated(real):
+    """``real`` (a (free, total) query) as the emulated card reports it."""
     @functools.wraps(real)
-    def emulated_mem_get_info(device=None):
+    def emulated_memory_info(device=None):
         return emulate(*real(device), card_gib())
 
-    torch.cuda.mem_get_info = torch.cuda.memory.mem_get_info = emulated_mem_get_info
+    return emulated_memory_info
 
 
 def emulate(free_bytes: int, total_bytes: int, card: float | None = None) -> tuple[int, int]:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -183,9 +184,23 @@ def test_mem_get_info_reports_the_card_from_the_moment_torch_is_imported(looked_
     # `transformers serve` looks torch up (importlib.util.find_spec, as is_torch_available does) before importing it
     env = card.child_env({**os.environ, card.CARD_ENV: "24"})
     probe = ("import importlib.util; importlib.util.find_spec('torch'); " if looked_up_first else "") + \
-        "import torch; print(hasattr(torch.cuda.mem_get_info, '__wrapped__'), torch.cuda.is_initialized())"
+        "import torch; print(hasattr(torch.cuda.mem_get_info, '__wrapped__'), " \
+        "hasattr(torch.accelerator.get_memory_info, '__wrapped__'), torch.cuda.is_initialized())"
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "True False"
+    assert done.stdout.strip() == "True True False"
+
+
+def test_both_memory_queries_report_the_emulated_card(monkeypatch):
+    # transformers and accelerate ask torch.cuda.mem_get_info; vLLM sizes its gpu_memory_utilization share of the card
+    # with torch.accelerator.get_memory_info: on a big GPU it would take 0.85 of 140 GiB inside a 24 GiB card
+    monkeypatch.setenv(card.CARD_ENV, "24")
+    real = lambda device=None: (130 * card.GIB, 140 * card.GIB)  # noqa: E731
+    fake = SimpleNamespace(cuda=SimpleNamespace(mem_get_info=real, memory=SimpleNamespace()),
+                           accelerator=SimpleNamespace(get_memory_info=real, memory=SimpleNamespace()))
+    card._emulate_mem_get_info(fake)
+    emulated = (14 * card.GIB, 24 * card.GIB)
+    assert fake.cuda.mem_get_info() == fake.cuda.memory.mem_get_info() == emulated
+    assert fake.accelerator.get_memory_info(0) == fake.accelerator.memory.get_memory_info() == emulated
 
 
 def test_the_gpu_runner_tells_which_processes_the_card_emulation_reaches():
