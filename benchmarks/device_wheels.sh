@@ -4,9 +4,11 @@
 #   .whl/   the course's libraries and the Jupyter kernel stack that nbval needs (about 45 MB)
 #   .whlz/  serving (openai, fastapi, uvicorn, ...), llama-cpp-python[server]'s parts and its slim sdist (about 9 MB)
 #   .whlq/  bitsandbytes (43 MB, notebook 06's QLoRA cell) and the small CUDA 13.0 compiler wheels (crt, cccl, runtime)
-#   .whls/  streamlit and what it needs beyond the image (24 MB; notebook 10): `source benchmarks/device_setup.sh .whls`
+#   .whls/  streamlit and what it needs beyond the image (13 MB; notebook 10): `source benchmarks/device_setup.sh .whls`;
+#           not pydeck (11 MB, map charts only: streamlit imports it lazily; notebook 10 passes without it), so that
+#           .whlq and .whls fit one call's 64 MiB
 #   .whlc1/ .whlc2/  nvvm (62 MB) and nvcc (37 MB): the rest of nvcc_wheel_gpu.py's toolkit, a call each
-# Each of .whlq, .whls, .whlc1, .whlc2 is carried in a call of its own while the machine is held (/tmp stays between calls).
+# .whlq with .whls, .whlc1 and .whlc2 are carried in a call each while the machine is held (/tmp stays between calls).
 #   bash benchmarks/device_wheels.sh      # after setup.sh: versions from .venv (VENV=path for another venv)
 # The image's own packages (KINDS.md lists them: accelerate, matplotlib, pandas, pyarrow, ...) are not carried.
 set -euo pipefail
@@ -31,7 +33,7 @@ fetch .whlz openai fastapi uvicorn starlette jiter sniffio opentelemetry-api pyd
 python3 -m pip download -q --no-deps --only-binary :all: -d .whlz pydantic-settings sse-starlette starlette-context distro diskcache \
   python-dotenv 2>&1 | grep -v WARNING || true
 fetch .whlq bitsandbytes
-fetch .whls streamlit altair pydeck watchdog websockets itsdangerous python-multipart tzdata
+fetch .whls streamlit altair watchdog websockets itsdangerous python-multipart tzdata
 cuda_wheels() { python3 -m pip download -q --no-deps --only-binary :all: --python-version 3.12 \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_12_x86_64 -d "$@" 2>&1 | grep -v WARNING || true; }
 cuda_wheels .whlq $(python3 llmkit/environment/cuda_toolkit.py wheels 13.0 | tr ' ' '\n' | grep -e crt -e cccl -e runtime)
