@@ -8,7 +8,8 @@ For one model and batch size it measures, in one process, with the bandwidth lim
 - attention over the static cache: the step time with the same filled length in caches of different ``max_len``
   (attention that reads the whole static cache grows with ``max_len``, one that reads the filled part does not);
 - sampling: the ``argmax`` over the vocabulary alone; host synchronisation: a step with and without
-  ``torch.cuda.synchronize()`` after it; prefill: the prompt's forward pass;
+  ``torch.cuda.synchronize()`` after it; prefill: the prompt's forward pass, eager and replayed from a graph
+  (``GraphDecoder(capture_prefill=True)``);
 - the first change the profile pointed at: q, k and v as one product and gate and up as another
   (``GraphDecoder(fuse_projections=True)``), its step time and kernels; ``--variants`` also times the step through
   ``torch.compile`` (``compiled``, ``compiled_fused``: ``hf-fast``'s path; a compile per variant and batch size,
@@ -159,7 +160,14 @@ def profile_batch(model, tokenizer, batch: int, limit_steps_per_s: float | None)
     ids = torch.tensor(workload(tokenizer, batch, 64), device=model.device)
     with torch.no_grad():
         row["prefill_s"] = round(timed(lambda: model(input_ids=ids, logits_to_keep=1), repeats=5), 6)
-    del decoder
+    decoder = None
+    # the prompt's forward pass replayed from a graph (GraphDecoder(capture_prefill=True)): the first call captures
+    seconds = []
+    with GraphDecoder(model, batch, 64 + 256, capture_prefill=True) as decoder:
+        for _ in range(6):
+            decoder.generate(ids, torch.ones_like(ids), max_new_tokens=1)
+            seconds.append(decoder.timings["prefill_s"])
+    row["prefill_captured_s"] = statistics.median(seconds[1:])
     return row
 
 

@@ -6,7 +6,8 @@ Backends (all plain transformers APIs; the difference is how the decode loop run
   with ``torch.compile`` (CUDA graphs, mode "reduce-overhead").
 - ``hf-cb``: continuous batching, ``model.generate_batch`` (paged KV cache; CUDA graphs on a GPU).
 - ``hf-graph``: ``llmkit.generation.fastdecode.GraphDecoder``, a ``StaticCache`` and one CUDA graph per decode step,
-  captured in the warm-up and reused, with each layer's q/k/v and gate/up projections computed as one product each;
+  captured in the warm-up and reused, with each layer's q/k/v and gate/up projections computed as one product each
+  and the prompt's forward pass captured as well (the workload repeats one prompt shape);
   ``hf-graph-compile`` also fuses the small ops with ``torch.compile``.
 
 Every run produces exactly ``new_tokens`` per prompt (end-of-sequence is ignored), so tokens/s compare.
@@ -161,7 +162,8 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
     decoder = None
     if backend.startswith("hf-graph"):
         decoder = GraphDecoder(model, len(prompts), max(len(p) for p in prompts) + new_tokens, fuse_projections=True,
-                               compile_small_ops=backend == "hf-graph-compile", compile_mode=compile_mode)
+                               compile_small_ops=backend == "hf-graph-compile", compile_mode=compile_mode,
+                               capture_prefill=True)
 
     def once():
         with torch.no_grad(), _quiet_expected_warnings():

@@ -18,10 +18,11 @@ from llmkit.generation.fastdecode import GraphDecoder, greedy_generate
 QUESTIONS = ["你好", "Who are you? Tell me more, please.", "1+1=?"]
 
 
-def left_padded(tokenizer, questions):
+def left_padded(tokenizer, questions, width=None):
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
              for q in questions]
-    return tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
+    padding = {"padding": "max_length", "max_length": width} if width else {"padding": True}
+    return tokenizer(texts, return_tensors="pt", padding_side="left", **padding)
 
 
 def reference(model, tokenizer, batch, new_tokens):
@@ -50,6 +51,22 @@ def test_decoder_is_reused_for_other_prompts_and_checks_its_size(chat_dir):
     assert set(decoder.timings) == {"prefill_s", "decode_s"}  # no capture on the CPU
     with pytest.raises(ValueError, match="make a GraphDecoder of that size"):
         decoder.generate(batch["input_ids"], batch["attention_mask"], 64)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_captured_prefill_replays_other_prompts_of_the_same_shape(chat_dir, rows):
+    """capture_prefill: the prompt's forward pass captured once per prompt shape (on CUDA) and replayed for other
+    prompts of that shape, the same tokens as generate(); on the CPU the prefill stays eager."""
+    model, tokenizer = llmkit.load(str(chat_dir))
+    first = left_padded(tokenizer, QUESTIONS[:rows])
+    width = first["input_ids"].shape[1]
+    other = left_padded(tokenizer, ["Hi", "1+1=?", "你好"][:rows], width=width)  # same shape, other tokens and padding
+    assert not torch.equal(first["input_ids"], other["input_ids"])
+    with GraphDecoder(model, rows, width + 10, capture_prefill=True) as decoder:
+        for batch in (first, other, first):
+            assert torch.equal(decoder.generate(batch["input_ids"], batch["attention_mask"], 10),
+                               reference(model, tokenizer, batch, 10))
+        assert len(decoder.prefill_graphs) == (1 if model.device.type == "cuda" else 0)
 
 
 def test_compiled_step_with_gptq_layers_behind_an_opaque_op(gptq_dir):
@@ -147,7 +164,7 @@ def test_the_decode_profile_benchmark_runs_on_the_cpu(tmp_path):
     rows = json.loads(out.read_text())["batches"]
     assert [r["batch"] for r in rows] == [1, 2]
     for row in rows:
-        assert row["step_s"] > 0 and row["argmax_s"] > 0 and row["prefill_s"] > 0
+        assert row["step_s"] > 0 and row["argmax_s"] > 0 and row["prefill_s"] > 0 and row["prefill_captured_s"] > 0
         assert row["variants"]["fused"]["step_s"] > 0
         assert set(row["step_s_by_max_len"]) == {"128", "512", "2048"}
 
