@@ -24,66 +24,19 @@ import platform
 import shutil
 import signal
 import subprocess
-import threading
+import sys
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from llmkit.generation.gpu_watch import WATCH_ENV, PeakGpuMemory, environ_of  # noqa: E402  (the repository's llmkit)
+
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_MARK = "[skipped]"
-RUN_TAG_ENV = "LLMKIT_REALMODE_RUN"  # marks the processes of one notebook run
 FAULT_HOOK = Path(__file__).resolve().parent / "fault_log"
-
-
-class PeakGpuMemory:
-    """Polls nvidia-smi's per-process memory in a thread and keeps the peak of the sum over this run's processes
-    (those whose environment has ``RUN_TAG_ENV=tag``: the kernel and everything it starts); ``peak_gib`` after
-    ``stop``, and ``peak_processes``: the per-process lines at the peak. Run one notebook at a time all the same: the
-    emulated card's free memory counts every process on the GPU (``llmkit.card.emulate``), so a notebook running
-    beside another sees a fuller card than a learner's (06 beside 08 got ``WontFit`` with 7.8 of 24 GiB free)."""
-
-    def __init__(self, tag: str, every_s: float = 0.25):
-        self.tag, self.every_s, self.peak_mib, self.peak_processes = tag.encode(), every_s, 0, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self):
-        while not self._stop.is_set():
-            lines = subprocess.run(
-                ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader,nounits"],
-                capture_output=True, text=True).stdout.strip().splitlines()
-            ours = [line for line in lines if _environ(_pid(line)).get(RUN_TAG_ENV.encode()) == self.tag]
-            used = sum(int(line.rsplit(",", 1)[1]) for line in ours)
-            if used > self.peak_mib:
-                self.peak_mib = used
-                self.peak_processes = [f"{line} MiB; {describe_process(_pid(line))}" for line in ours]
-            self._stop.wait(self.every_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def peak_gib(self) -> float:
-        return round(self.peak_mib / 1024, 2)
-
-
-def _pid(smi_line: str) -> str:
-    return smi_line.split(",")[0].strip()
-
-
-def _environ(pid: str) -> dict:
-    """A process's environment read from /proc (empty when it cannot be read)."""
-    try:
-        return dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
-    except OSError:
-        return {}
 
 
 def describe_process(pid: str) -> str:
@@ -94,7 +47,7 @@ def describe_process(pid: str) -> str:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError as error:
         return f"not readable ({error.strerror})"
-    environ = _environ(pid)
+    environ = environ_of(pid)
     how = ("OFF" if b"LLMKIT_CARD_GB" not in environ
            else "on (card_hook)" if b"card_hook" in environ.get(b"PYTHONPATH", b"") else "on if llmkit loads the model")
     return f"{b' '.join(command[:4]).decode(errors='replace')[:160]}; card emulation {how}"
@@ -124,8 +77,8 @@ def run_notebook(path: Path, card: int, keep: Path, timeout_s: int, notebook_tim
     env_before = dict(os.environ)
     tag = f"{path.stem}_{card}gb_{os.getpid()}"
     faults = keep / f"faults_{path.stem}_{card}gb"
-    os.environ.update({"LLMKIT_STANDIN": "0", "LLMKIT_CARD_GB": str(card), "HF_HUB_OFFLINE": "1",
-                       "TQDM_DISABLE": "1", RUN_TAG_ENV: tag,
+    os.environ.update({"LLMKIT_STANDIN": "0", "LLMKIT_CARD_GB": str(card), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
+                       WATCH_ENV: tag,  # the kernel and every process it starts: their GPU memory is counted
                        # a kernel that dies leaves its Python stacks in faults/<pid>.log (fault_log/sitecustomize.py)
                        "LLMKIT_FAULT_LOG_DIR": str(faults),
                        "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULT_HOOK), os.environ.get("PYTHONPATH")]))})
@@ -135,7 +88,7 @@ def run_notebook(path: Path, card: int, keep: Path, timeout_s: int, notebook_tim
     disk_before = shutil.disk_usage("/").used
     started = time.perf_counter()
     error = None
-    with PeakGpuMemory(tag) as gpu, _time_limit(notebook_timeout_s):
+    with PeakGpuMemory(tag, describe=describe_process) as gpu, _time_limit(notebook_timeout_s):
         try:
             client.execute()
         except Exception as exc:  # a cell timeout, a dead kernel, the notebook's time limit: recorded

@@ -186,5 +186,7 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
     details = {"graph_decoder_timings_last_run": decoder.timings} if decoder else {}
     if backend == "hf-graph-compile":
         details["compile_mode"] = compile_mode
+    if cuda:  # the engines' rows count whole processes (bench_engines): say which this is
+        details["peak_memory"] = "torch.cuda.max_memory_allocated: this process's allocator, CUDA context not included"
     return result(backend, prompts, new_tokens, warm_up_s, runs,
                   peak_memory_gib=round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None, details=details)

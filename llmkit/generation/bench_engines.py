@@ -1,7 +1,8 @@
 """``llmkit bench`` backends outside transformers: ``llamacpp`` (llama-cpp-python on a GGUF) and ``vllm``.
 
 They run the same workload as the transformers backends (the same prompt token ids, exactly ``new_tokens``
-greedy tokens each, end-of-sequence ignored) and return the same ``BenchResult``.
+greedy tokens each, end-of-sequence ignored) and return the same ``BenchResult``; run by ``llmkit bench`` (each in a
+process of its own), their peak GPU memory is that of the engine's processes as nvidia-smi counts them.
 
 - ``llamacpp``: llama-cpp-python's high-level ``Llama`` serves one sequence at a time, so the prompts run one
   after another; time to first token is the first prompt's. Loading the GGUF is reported as ``load_s``, and
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from llmkit.generation.bench_result import BenchResult, result, timed_runs
+from llmkit.generation.gpu_watch import PeakGpuMemory, tagged
 from llmkit.errors import BadInput
 
 ENGINES = {  # backend: (Python package, how to get it)
@@ -144,13 +147,22 @@ def bench_vllm_isolated(model_dir: str | Path, prompts: list[list[int]], new_tok
 
 
 def _run_isolated(function: str, job: dict, python: str, engine: str) -> BenchResult:
-    """Run ``bench_engines.<function>(**job)`` with ``python`` in a fresh process; its result comes back as JSON."""
+    """Run ``bench_engines.<function>(**job)`` with ``python`` in a fresh process; its result comes back as JSON, with
+    the peak GPU memory of that process and those it starts (vLLM's engine) as nvidia-smi counts them (None without
+    a GPU)."""
     code = ("import json, sys; from dataclasses import asdict; from llmkit.generation import bench_engines; "
             f"print(json.dumps(asdict(bench_engines.{function}(**json.loads(sys.stdin.read())))))")
-    done = subprocess.run([python, "-c", code], input=json.dumps(job), capture_output=True, text=True)
+    tag = f"bench-{engine}-{os.getpid()}"
+    with PeakGpuMemory(tag) as gpu:
+        done = subprocess.run([python, "-c", code], input=json.dumps(job), capture_output=True, text=True,
+                              env=tagged(tag))
     if done.returncode:
         raise RuntimeError(f"the {engine} process failed (exit code {done.returncode}): {done.stderr[-1500:]}")
-    return BenchResult(**json.loads(done.stdout.strip().splitlines()[-1]))
+    measured = BenchResult(**json.loads(done.stdout.strip().splitlines()[-1]))
+    if gpu.peak_gib is not None:
+        measured.peak_memory_gib = gpu.peak_gib
+        measured.details["peak_memory"] = "nvidia-smi: the engine's processes, CUDA context included"
+    return measured
 
 
 def bench_vllm(model_dir: str | Path, prompts: list[list[int]], new_tokens: int = 128, repeats: int = 3, **llm_args):
