@@ -7,7 +7,8 @@ process of its own), their peak GPU memory is that of the engine's processes as 
 - ``llamacpp``: llama-cpp-python's high-level ``Llama`` serves one sequence at a time, so the prompts run one
   after another; time to first token is the first prompt's. Loading the GGUF is reported as ``load_s``, and
   llama.cpp's own counters give prompt-eval and eval tokens/s.
-- ``vllm``: ``LLM.generate`` on all prompts at once. vLLM needs a CUDA GPU and lives in its own venv
+- ``vllm``: ``LLM.generate`` on all prompts at once; time to first token is the earliest of the requests' own
+  (vLLM's per-request stats, switched on for this). vLLM needs a CUDA GPU and lives in its own venv
   (``bash setup.sh vllm``: ``.venv-vllm``), so ``llmkit bench`` runs it in a process of that venv's Python
   (``bench_vllm_isolated``), next to the other backends in one run; it has not been run on a GPU by the project yet.
 """
@@ -177,7 +178,10 @@ def bench_vllm(model_dir: str | Path, prompts: list[list[int]], new_tokens: int 
     from vllm.inputs import TokensPrompt
 
     start = time.perf_counter()
-    llm = LLM(model=str(model_dir), max_model_len=max(len(p) for p in prompts) + new_tokens, **llm_args)
+    # disable_log_stats=False: per-request stats on each output (RequestOutput.metrics), whose first_token_latency
+    # is the time to first token (vLLM >= 0.2x); LLM turns them off by default
+    llm = LLM(model=str(model_dir), max_model_len=max(len(p) for p in prompts) + new_tokens,
+              **{"disable_log_stats": False, **llm_args})
     load_s = time.perf_counter() - start
     params = SamplingParams(temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True)
     inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
@@ -185,7 +189,9 @@ def bench_vllm(model_dir: str | Path, prompts: list[list[int]], new_tokens: int 
     def once():
         start = time.perf_counter()
         outputs = llm.generate(inputs, params, use_tqdm=False)
-        return [list(o.outputs[0].token_ids) for o in outputs], None, time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        firsts = [o.metrics.first_token_latency for o in outputs if getattr(o, "metrics", None) is not None]
+        return [list(o.outputs[0].token_ids) for o in outputs], min(firsts, default=None), seconds
 
     warm_up_s, runs = timed_runs(once, repeats)
     return result("vllm", prompts, new_tokens, warm_up_s, runs, details={"load_s": round(load_s, 2)})

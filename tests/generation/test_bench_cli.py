@@ -78,16 +78,17 @@ class SamplingParams:
 
 
 class _Output:
-    def __init__(self, ids):
+    def __init__(self, ids, first_token_latency):
         self.outputs = [type("Completion", (), {"token_ids": ids})()]
+        self.metrics = first_token_latency and type("RequestStateStats", (), {"first_token_latency": first_token_latency})()
 
 
 class LLM:
-    def __init__(self, model, max_model_len, **kwargs):
-        self.model = model
+    def __init__(self, model, max_model_len, disable_log_stats=True, **kwargs):
+        self.stats = not disable_log_stats  # vLLM fills RequestOutput.metrics only then
 
     def generate(self, prompts, params, use_tqdm=False):
-        return [_Output(list(range(params.max_tokens))) for _ in prompts]
+        return [_Output(list(range(params.max_tokens)), 0.25 + i if self.stats else None) for i, _ in enumerate(prompts)]
 '''
 
 
@@ -114,5 +115,6 @@ def test_bench_runs_vllm_with_the_vllm_venvs_python_after_releasing_its_model(tm
     rows = {r["requested"]: r for r in json.loads(capsys.readouterr().out.split("\n", 2)[-1])["results"]}
     assert code == 0 and rows["vllm"]["backend"] == "vllm" and rows["vllm"]["new_tokens"] == 4, rows["vllm"]
     assert rows["vllm"]["tokens_per_s"] > 0 and rows["hf"]["tokens_per_s"] > 0
+    assert rows["vllm"]["time_to_first_token_s"] == 0.25  # the first of the requests' first tokens
     assert released == [True]  # the loaded transformers model was dropped before vLLM started
 
