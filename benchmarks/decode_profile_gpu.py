@@ -133,7 +133,9 @@ def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, 
             if limit_steps_per_s:
                 rows[name]["fraction_of_limit"] = round(1 / step_s / limit_steps_per_s, 3)
             if torch.cuda.is_available():
-                rows[name]["top_kernels"] = kernel_split(decoder)["top_kernels"][:6]
+                split = kernel_split(decoder)
+                rows[name].update(kernel_s_per_step=split["kernel_s_per_step"], top_kernels=split["top_kernels"][:6],
+                                  gap_s_per_step=round(step_s - split["kernel_s_per_step"], 6))
         save()
 
 
