@@ -112,9 +112,23 @@ def test_bench_runs_vllm_with_the_vllm_venvs_python_after_releasing_its_model(tm
     release = bench_cmd._LazyModel.release
     monkeypatch.setattr(bench_cmd._LazyModel, "release", lambda self: released.append(self.model is not None) or release(self))
     code = main([*SMALL, "--backend", "hf", "vllm", "--json"])
-    rows = {r["requested"]: r for r in json.loads(capsys.readouterr().out.split("\n", 2)[-1])["results"]}
+    printed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
+    rows = {r["requested"]: r for r in printed["results"]}
     assert code == 0 and rows["vllm"]["backend"] == "vllm" and rows["vllm"]["new_tokens"] == 4, rows["vllm"]
     assert rows["vllm"]["tokens_per_s"] > 0 and rows["hf"]["tokens_per_s"] > 0
     assert rows["vllm"]["time_to_first_token_s"] == 0.25  # the first of the requests' first tokens
+    ratio = printed["vllm_over_hf"]  # next to the source tutorial's 1479.95 / 800.48
+    assert ratio == {"this_run": round(rows["vllm"]["tokens_per_s"] / rows["hf"]["tokens_per_s"], 2),
+                     "source_tutorial": 1.85}
     assert released == [True]  # the loaded transformers model was dropped before vLLM started
 
+
+
+def test_the_table_puts_the_vllm_ratio_next_to_the_source_tutorials(capsys):
+    from llmkit.cli.bench_cmd import render
+
+    rows = [{"requested": b, "backend": b, "tokens_per_s": t} for b, t in (("hf", 1000.0), ("vllm", 1500.0))]
+    render({"model": "m", "device": "GPU", "workload": {"prompts": 25, "input_len": 64, "output_len": 128},
+            "bandwidth_limit": {"limit_steps_per_s": 280.0, "copy_bandwidth_gb_s": 4250.0, "device": "cuda"},
+            "results": rows, "vllm_over_hf": {"this_run": 1.5, "source_tutorial": 1.85}})
+    assert "vllm / hf: 1.5x in this run; 1.85x in the source tutorial" in capsys.readouterr().out
