@@ -57,11 +57,11 @@ class GraphDecoder:
     tensor. A model whose forward calls the projections in another order stops with an error.
     ``capture_prefill=True`` (on CUDA) also captures the prompt's forward pass, once per prompt shape, and replays it
     in later calls of that shape: for workloads that repeat a shape (benchmarks, a server with fixed-size buckets);
-    eager, a prefill launches every kernel from Python (45 ms for 64 tokens of a 7B model on an H200 in
-    ``decode_profile_h200.json``, 4 % of a 256-token batch-1 answer). Each shape keeps a graph and its activations.
-    Quantized layers and
-    the fused projections get their own ``forward`` and layers back when the decoder is closed (``close()``, the end
-    of a ``with`` block, or when it is garbage-collected); the model is left as it was.
+    eager, a prefill launches every kernel from Python (44.6 ms for 64 tokens of a 7B model on an H200 in
+    ``decode_profile_h200.json``: 3.5 % of a 256-token batch-1 answer at 4.85 ms per step). Each shape keeps a graph
+    and its activations. Quantized layers and the fused projections get their own ``forward`` and layers back when
+    the decoder is closed (``close()``, the end of a ``with`` block, or when it is garbage-collected); the model is
+    left as it was.
 
     >>> decoder = GraphDecoder(model, batch_size=1, max_len=128)  # doctest: +SKIP
     >>> decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=8).shape  # doctest: +SKIP
