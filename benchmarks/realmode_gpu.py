@@ -176,11 +176,16 @@ def readme_table(results: Path = ROOT / "benchmarks" / "results", cards: tuple[i
     return "\n".join(lines)
 
 
+TABLE_GPU = "NVIDIA H200"  # the README's heading names it; a run on another GPU says which in its cell
+
+
 def _course_map_cell(run: dict | None) -> str:
     """One notebook at one card size: runs fully / runs with cells skipped by the notebook / cells failed."""
     if run is None:
         return "not run yet"
     measured = f"peak {run['peak_gpu_gib']} GiB, {run['wall_s']} s"
+    if run.get("gpu", TABLE_GPU) != TABLE_GPU:
+        measured += f" on an {run['gpu'].removeprefix('NVIDIA ')}"
     if run["peak_gpu_gib"] > run["card_gb"]:
         return f"not valid at this size: peak {run['peak_gpu_gib']} GiB is over the card ({run['failed']} cells failed)"
     if any("DeadKernelError" in failure["error"] for failure in run["failures"]):

@@ -72,6 +72,21 @@ def test_real_mode_table_is_made_from_the_result_files():
     assert block == realmode_gpu.readme_table()
 
 
+def test_a_real_mode_run_on_another_gpu_says_which(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import realmode_gpu
+
+    run = {"passed": 9, "failed": 0, "skipped_by_notebook": 0, "failures": [], "peak_gpu_gib": 0.5, "card_gb": 24,
+           "wall_s": 27.1}
+    notebooks = {"00_environment": {**run, "gpu": "NVIDIA H100 80GB HBM3"}, "01_download": {**run, "gpu": "NVIDIA H200"}}
+    (tmp_path / "realmode_24gb.json").write_text(json.dumps({"notebooks": notebooks}))
+    table = realmode_gpu.readme_table(tmp_path, cards=(24,))
+    assert "| `00_environment` | runs fully (9 cells); peak 0.5 GiB, 27.1 s on an H100 80GB HBM3 |" in table
+    assert "| `01_download` | runs fully (9 cells); peak 0.5 GiB, 27.1 s |" in table
+
+
 
 def test_disk_and_time_of_a_full_run_come_from_the_result_file():
     import sys
