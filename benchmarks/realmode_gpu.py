@@ -10,6 +10,7 @@ emulated card, which makes the run invalid for that size), disk written, wall ti
 process that died (``fault_stacks``, from ``fault_log/sitecustomize.py``); the executed notebooks are kept (``--keep``) for reading.
 
     python benchmarks/realmode_gpu.py --cards 24 80 --notebooks 00 02 05 --out $OUT
+    python benchmarks/realmode_gpu.py --merge /work/.device/3     # back here: into benchmarks/results and the README
 """
 
 from __future__ import annotations
@@ -201,10 +202,35 @@ def _course_map_cell(run: dict | None) -> str:
     return f"runs fully ({run['passed']} cells); {measured}"
 
 
+def merge(fetched: Path, results: Path = ROOT / "benchmarks" / "results", readme: Path = ROOT / "README.md") -> list[str]:
+    """Merge the per-notebook entries of a GPU call's result files (``fetched``: the folder its ``$OUT`` came back to)
+    into ``results``' files, then rewrite the README's real-mode table from them; returns what was merged.
+
+    >>> merge(Path("/work/.device/3"))  # doctest: +SKIP
+    ['24 GB: 08_llamacpp_gguf']
+    """
+    merged = []
+    for source in sorted(fetched.glob("realmode_*gb.json")):
+        theirs = json.loads(source.read_text())
+        target = results / source.name
+        ours = json.loads(target.read_text()) if target.exists() else {"card_gb": theirs["card_gb"], "notebooks": {}}
+        ours["notebooks"].update(theirs["notebooks"])
+        ours["machine"] = theirs["machine"]
+        target.write_text(json.dumps(ours, indent=2, ensure_ascii=False))
+        merged += [f"{theirs['card_gb']} GB: {name}" for name in theirs["notebooks"]]
+    start, end = "<!-- realmode-table -->\n", "\n<!-- /realmode-table -->"
+    text = readme.read_text()
+    before, rest = text.split(start)
+    readme.write_text(before + start + readme_table(results) + end + rest.split(end, 1)[1])
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--merge", type=Path, metavar="FOLDER", help="instead of running: merge the result files a GPU "
+                        "call brought back into benchmarks/results and rewrite the README's table")
     parser.add_argument("--cards", nargs="+", type=int, default=[24, 80])
-    parser.add_argument("--notebooks", nargs="+", required=True, help="notebook numbers, e.g. 00 02 05")
+    parser.add_argument("--notebooks", nargs="+", help="notebook numbers, e.g. 00 02 05")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--keep", type=Path, default=Path("/tmp/realmode_notebooks"), help="executed notebooks")
     parser.add_argument("--cell-timeout", type=int, default=400)
@@ -213,6 +239,11 @@ def main() -> None:
     parser.add_argument("--kernel", help="run the notebooks in this Jupyter kernel instead of their own (e.g. 09 in "
                                          "a kernel whose Python has vLLM, as a learner picks 'Python (llmkit + vLLM)')")
     args = parser.parse_args()
+    if args.merge:
+        print("\n".join(merge(args.merge)) or f"no realmode_*gb.json in {args.merge}")
+        return
+    if not args.notebooks:
+        parser.error("name the notebooks to run (--notebooks 00 02 ...) or a folder to --merge")
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     args.keep.mkdir(parents=True, exist_ok=True)

@@ -98,3 +98,28 @@ def test_disk_and_time_of_a_full_run_come_from_the_result_file():
     readme = (ROOT / "README.md").read_text().splitlines()
     for sentence in ci_footprint.readme_sentences(result):  # English and Chinese, each on a line of its own
         assert sentence in readme
+
+
+def test_a_gpu_calls_results_merge_into_the_files_and_the_readme_table(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import realmode_gpu
+
+    run = {"passed": 3, "failed": 0, "skipped_by_notebook": 0, "failures": [], "peak_gpu_gib": 1.0, "card_gb": 24,
+           "wall_s": 5.0, "gpu": "NVIDIA H200"}
+    results, fetched = tmp_path / "results", tmp_path / "fetched"
+    results.mkdir()
+    fetched.mkdir()
+    (results / "realmode_24gb.json").write_text(json.dumps({"card_gb": 24, "machine": {}, "notebooks": {
+        "00_environment": run, "01_download": run}}))
+    (fetched / "realmode_24gb.json").write_text(json.dumps({"card_gb": 24, "machine": {"gpu": "NVIDIA H200"},
+                                                            "notebooks": {"01_download": {**run, "passed": 8}}}))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- realmode-table -->\nold table\n<!-- /realmode-table -->\nrest\n")
+    assert realmode_gpu.merge(fetched, results, readme) == ["24 GB: 01_download"]
+    notebooks = json.loads((results / "realmode_24gb.json").read_text())["notebooks"]
+    assert notebooks["00_environment"] == run and notebooks["01_download"]["passed"] == 8  # the new run replaced the old
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- realmode-table -->\n| notebook |") and text.endswith("<!-- /realmode-table -->\nrest\n")
+    assert "| `01_download` | runs fully (8 cells)" in text and "old table" not in text
