@@ -25,15 +25,13 @@ import platform
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llmkit.generation.gpu_watch import WATCH_ENV, PeakGpuMemory, environ_of  # noqa: E402  (the repository's llmkit)
+from llmkit.generation.gpu_watch import WATCH_ENV, PeakGpuMemory, environ_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_MARK = "[skipped]"
