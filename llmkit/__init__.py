@@ -16,7 +16,7 @@ checks every import, and that no module uses another's private ``_names``):
 5. ``cli`` (one thin command per task, importing heavy libraries only when it runs) and this package's own API.
 
 >>> import llmkit
->>> callable(llmkit.pick_model) and callable(llmkit.load)
+>>> callable(llmkit.pick_model) and callable(llmkit.load) and callable(llmkit.preflight)
 True
 """
 
@@ -33,11 +33,12 @@ forget_gptqmodel_import_tracebacks()  # else a model in the call that first impo
 use_venv_toolkit()  # nvcc from NVIDIA's wheels for gptqmodel's kernel builds, where setup.sh installed them
 
 from llmkit.environment.doctor import doctor  # noqa: E402  (after pin_hf_home)
+from llmkit.environment.preflight import preflight  # noqa: E402
 from llmkit.memory import estimate  # noqa: E402
 from llmkit.pick import pick_model, standin_mode  # noqa: E402
 from llmkit.standins import list_standins, standin_path  # noqa: E402
 
-__all__ = ["ChatSession", "doctor", "download", "estimate", "list_standins", "load", "locate", "pick_model", "quantize", "standin_mode", "standin_path"]
+__all__ = ["ChatSession", "doctor", "download", "estimate", "list_standins", "load", "locate", "pick_model", "preflight", "quantize", "standin_mode", "standin_path"]
 __version__ = "0.1.0"
 
 
