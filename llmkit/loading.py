@@ -9,6 +9,7 @@ supported, fp16 otherwise).
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import warnings
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import convert_file_size_to_int
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from llmkit import card
 from llmkit.errors import BadInput, LlmkitError
@@ -343,7 +345,7 @@ def gptq_arguments(config, backend: str = "auto") -> dict:
 
 def from_pretrained_call(path, arguments: dict) -> str:
     """The ``from_pretrained`` call ``load`` makes, as Python a learner could type (arguments left at their
-    defaults are not shown).
+    defaults are not shown; a quantization config shows the arguments llmkit chose, ``quantization_config_call``).
 
     >>> from_pretrained_call("/m/Qwen2-7B-Instruct", {"dtype": torch.bfloat16, "device_map": "auto", "max_memory": None})
     "AutoModelForCausalLM.from_pretrained('/m/Qwen2-7B-Instruct', dtype=torch.bfloat16, device_map='auto')"
@@ -351,9 +353,29 @@ def from_pretrained_call(path, arguments: dict) -> str:
     def shown(value) -> str:
         if isinstance(value, torch.dtype):
             return str(value)
-        if hasattr(value, "to_dict") and not isinstance(value, dict):  # a config object
+        if isinstance(value, QuantizationConfigMixin):  # e.g. GPTQConfig(bits=4, backend='marlin')
+            return quantization_config_call(value)
+        if hasattr(value, "to_dict") and not isinstance(value, dict):  # a model config object (XVERSE's LlamaConfig)
             return f"{type(value).__name__}(...)"
         return repr(value)
 
     given = ", ".join(f"{key}={shown(value)}" for key, value in arguments.items() if value not in (None, False))
     return f"AutoModelForCausalLM.from_pretrained({str(path)!r}, {given})"
+
+
+def quantization_config_call(config) -> str:
+    """A transformers quantization config as Python a learner could type: its class with the arguments that differ
+    from the class's defaults (the required ones always shown).
+
+    >>> from transformers import GPTQConfig
+    >>> quantization_config_call(GPTQConfig(bits=4, backend="marlin"))
+    "GPTQConfig(bits=4, backend='marlin')"
+    """
+    given = []
+    for name, parameter in inspect.signature(type(config).__init__).parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        value = getattr(config, name, parameter.default)
+        if parameter.default is parameter.empty or value != parameter.default:
+            given.append(f"{name}={value!r}")
+    return f"{type(config).__name__}({', '.join(given)})"

@@ -91,9 +91,23 @@ def test_gptq_backend_config(quant, cuda, capability, backend, expected):
         assert chosen.bits == quant["bits"]
 
 
-def test_gptq_backend_reaches_gptqmodel(gptq_dir):
+def test_gptq_backend_reaches_gptqmodel(gptq_dir, capsys):
     model, _ = llmkit.load(str(gptq_dir), gptq_backend="torch")  # the CPU's own choice is TorchAtenLinear
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "TorchLinear"
+    # the printed call shows the kernel llmkit chose, not an opaque GPTQConfig(...)
+    assert "quantization_config=GPTQConfig(bits=4, backend='torch')" in capsys.readouterr().err
+
+
+def test_printed_call_shows_the_gptq_arguments_llmkit_chose():
+    config = AutoConfig.for_model("qwen2")
+    config.quantization_config = {"quant_method": "gptq", "bits": 4, "group_size": 128}
+    chosen = loading.gptq_backend_config(config, cuda=True, capability=(9, 0))
+    call = loading.from_pretrained_call("/m/Qwen2-72B-Instruct-GPTQ-Int4", {"dtype": torch.bfloat16, "device_map": "auto",
+                                                                             "quantization_config": chosen})
+    assert call == ("AutoModelForCausalLM.from_pretrained('/m/Qwen2-72B-Instruct-GPTQ-Int4', dtype=torch.bfloat16, "
+                    "device_map='auto', quantization_config=GPTQConfig(bits=4, backend='marlin'))")
+    llama = AutoConfig.for_model("llama")  # a model config (XVERSE's route) stays short
+    assert loading.from_pretrained_call("/m/x", {"config": llama}).endswith("config=LlamaConfig(...))")
 
 
 def test_a_split_counts_each_cards_own_overhead():
