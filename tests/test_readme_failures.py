@@ -1,5 +1,5 @@
 """The table of failure cases (docs/troubleshooting.md, linked from the README) names real tests: each reference `test_file.py::test_name` is a test function
-in that file, and every row has at least one."""
+in that file, and every row has at least one; the Chinese half has the same rows naming the same tests."""
 
 import re
 from pathlib import Path
@@ -28,3 +28,13 @@ def test_every_named_test_exists():
     missing = [f"{file}::{name}" for file, name in sorted(references)
                if file not in files or not re.search(rf"^def {name}\(", files[file].read_text(encoding="utf-8"), re.MULTILINE)]
     assert references and not missing
+
+
+def test_the_chinese_table_has_the_same_rows_naming_the_same_tests():
+    text = (ROOT / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
+    chinese = text.split("\n## 中文\n", 1)[1]
+
+    def rows(part: str) -> dict[int, list[tuple[str, str]]]:
+        return {int(line.split("|")[1]): REFERENCE.findall(line) for line in part.splitlines() if re.match(r"\| \d+ \|", line)}
+
+    assert rows(chinese) == rows(section())
