@@ -3,9 +3,9 @@
 # Safe to re-run: reinstalls only when requirements.txt, pyproject.toml or the torch choice changed.
 #   bash setup.sh                 the course's stack; torch: the newest CUDA build of the pinned version that this
 #                                 NVIDIA driver runs
-#   bash setup.sh llama-cpp       also compile llama-cpp-python (notebook 08): the CUDA version where an NVIDIA driver
+#   bash setup.sh llama-cpp       also compile llama-cpp-python (notebook 09): the CUDA version where an NVIDIA driver
 #                                 and nvcc are found, else a portable CPU version (minutes: progress is shown)
-#   bash setup.sh vllm            only vLLM (notebook 09), in its own .venv-vllm with its own Jupyter kernel "llmkit-vllm"
+#   bash setup.sh vllm            only vLLM (notebook 10), in its own .venv-vllm with its own Jupyter kernel "llmkit-vllm"
 #                                 (requirements-vllm.txt says why it cannot share .venv); NVIDIA GPUs only
 #   bash setup.sh --torch-plan    only say which torch build would be installed and why (installs nothing but uv)
 #   bash setup.sh wheelhouse DIR  on a machine with a network: download every package into DIR (torch: PyPI's build,
@@ -211,11 +211,11 @@ register_llama_kernel() {
 
 install_vllm() {
   # vLLM in .venv-vllm, a venv of its own (requirements-vllm.txt: why), with llmkit and the Jupyter kernel
-  # "llmkit-vllm" for notebook 09. Re-running reinstalls only when requirements-vllm.txt or pyproject.toml changed.
+  # "llmkit-vllm" for notebook 10. Re-running reinstalls only when requirements-vllm.txt or pyproject.toml changed.
   local driver venv=.venv-vllm wanted
   driver="$(nvidia_driver)"
   if [ -z "$driver" ]; then
-    echo "setup.sh: vLLM not installed: it runs only on Linux with an NVIDIA GPU, and no NVIDIA driver was found here (notebook 09 skips its vLLM sections)" >&2
+    echo "setup.sh: vLLM not installed: it runs only on Linux with an NVIDIA GPU, and no NVIDIA driver was found here (notebook 10 skips its vLLM sections)" >&2
     exit 5
   fi
   if older_than "$driver" "$oldest_cuda13_driver"; then
@@ -233,7 +233,7 @@ install_vllm() {
     echo "$wanted" > "$venv/.llmkit-installed"
   fi
   "$venv/bin/python" -m ipykernel install --user --name llmkit-vllm --display-name "Python (llmkit + vLLM)" >/dev/null
-  stage "vLLM $("$venv/bin/python" -c 'import vllm; print(vllm.__version__)') ready in $venv: open notebook 09 with the kernel 'Python (llmkit + vLLM)'"
+  stage "vLLM $("$venv/bin/python" -c 'import vllm; print(vllm.__version__)') ready in $venv: open notebook 10 with the kernel 'Python (llmkit + vLLM)'"
 }
 
 python_bin="${PYTHON:-}"
@@ -295,6 +295,6 @@ if [ -n "$with_llama_cpp" ]; then
   install_llama_cpp
   register_llama_kernel
 elif ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
-  stage "llama-cpp-python (notebook 08) is not installed: bash setup.sh llama-cpp compiles it (minutes)"
+  stage "llama-cpp-python (notebook 09) is not installed: bash setup.sh llama-cpp compiles it (minutes)"
 fi
 stage ".venv ready (kernel 'llmkit' registered)"

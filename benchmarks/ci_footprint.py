@@ -47,17 +47,17 @@ def readme_sentences(result: dict) -> tuple[str, str]:
     >>> en, zh = readme_sentences({"disk_gb": {"checkout_with_venv": 2.3, "llmkit_home": 6.0, "llamafactory_venv": 5.9},
     ...                            "minutes": {"all": 26.6, "setup": 6.0, "tests": 11.3, "notebooks": 9.3}})
     >>> en
-    'Disk used by a full run (a fresh clone, an empty HOME): the checkout with its `.venv` 2.3 GB, and `~/.cache/llmkit` 6.0 GB, of which 5.9 GB is the LLaMA-Factory venv that notebook 07 creates (`LLMKIT_HOME` moves it). Time on a 2-core machine: about 27 minutes (setup 6, tests 11, notebooks 9).'
+    'Disk used by a full run (a fresh clone, an empty HOME): the checkout with its `.venv` 2.3 GB, and `~/.cache/llmkit` 6.0 GB, of which 5.9 GB is the LLaMA-Factory venv that notebook 08 creates (`LLMKIT_HOME` moves it). Time on a 2-core machine: about 27 minutes (setup 6, tests 11, notebooks 10).'
     >>> zh
-    '完整运行一次占用的磁盘（全新克隆、空的 HOME）：仓库和 `.venv` 2.3 GB，`~/.cache/llmkit` 6.0 GB，其中 5.9 GB 是第 07 课创建的 LLaMA-Factory 虚拟环境（`LLMKIT_HOME` 可以把它移到别处）。在 2 核机器上约 27 分钟（安装 6、测试 11、笔记本 9）。'
+    '完整运行一次占用的磁盘（全新克隆、空的 HOME）：仓库和 `.venv` 2.3 GB，`~/.cache/llmkit` 6.0 GB，其中 5.9 GB 是第 08 课创建的 LLaMA-Factory 虚拟环境（`LLMKIT_HOME` 可以把它移到别处）。在 2 核机器上约 27 分钟（安装 6、测试 11、笔记本 10）。'
     """
     disk, m = result["disk_gb"], {k: round(v) for k, v in result["minutes"].items()}
     en = (f"Disk used by a full run (a fresh clone, an empty HOME): the checkout with its `.venv` {disk['checkout_with_venv']} GB, "
           f"and `~/.cache/llmkit` {disk['llmkit_home']} GB, of which {disk['llamafactory_venv']} GB is the LLaMA-Factory venv "
-          f"that notebook 07 creates (`LLMKIT_HOME` moves it). Time on a 2-core machine: about {m['all']} minutes "
+          f"that notebook 08 creates (`LLMKIT_HOME` moves it). Time on a 2-core machine: about {m['all']} minutes "
           f"(setup {m['setup']}, tests {m['tests']}, notebooks {m['notebooks']}).")
     zh = (f"完整运行一次占用的磁盘（全新克隆、空的 HOME）：仓库和 `.venv` {disk['checkout_with_venv']} GB，`~/.cache/llmkit` "
-          f"{disk['llmkit_home']} GB，其中 {disk['llamafactory_venv']} GB 是第 07 课创建的 LLaMA-Factory 虚拟环境（`LLMKIT_HOME` "
+          f"{disk['llmkit_home']} GB，其中 {disk['llamafactory_venv']} GB 是第 08 课创建的 LLaMA-Factory 虚拟环境（`LLMKIT_HOME` "
           f"可以把它移到别处）。在 2 核机器上约 {m['all']} 分钟（安装 {m['setup']}、测试 {m['tests']}、笔记本 {m['notebooks']}）。")
     return en, zh
 

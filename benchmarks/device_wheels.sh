@@ -4,8 +4,8 @@
 #   .whl/   the course's libraries and the Jupyter kernel stack that nbval needs (about 45 MB)
 #   .whlz/  serving (openai, fastapi, uvicorn, ...), llama-cpp-python[server]'s parts and its slim sdist (about 9 MB)
 #   .whlq/  bitsandbytes (43 MB, notebook 06's QLoRA cell) and the small CUDA 13.0 compiler wheels (crt, cccl, runtime)
-#   .whls/  streamlit and what it needs beyond the image (13 MB; notebook 10): `source benchmarks/device_setup.sh .whls`;
-#           not pydeck (11 MB, map charts only: streamlit imports it lazily; notebook 10 passes without it), so that
+#   .whls/  streamlit and what it needs beyond the image (13 MB; notebook 11): `source benchmarks/device_setup.sh .whls`;
+#           not pydeck (11 MB, map charts only: streamlit imports it lazily; notebook 11 passes without it), so that
 #           .whlq and .whls fit one call's 64 MiB
 #   .whlc1/ .whlc2/  nvvm (62 MB) and nvcc (37 MB): the rest of nvcc_wheel_gpu.py's toolkit, a call each
 # .whlq with .whls, .whlc1 and .whlc2 are carried in a call each while the machine is held (/tmp stays between calls).

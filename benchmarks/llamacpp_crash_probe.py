@@ -1,4 +1,4 @@
-"""Which imports and settings make llama-cpp-python's CUDA build crash when it loads a model (notebook 08 on the
+"""Which imports and settings make llama-cpp-python's CUDA build crash when it loads a model (notebook 09 on the
 GPU machine: a segmentation fault in libggml-cuda). Each variant runs in its own process: it imports what the
 variant names, loads the GGUF with all layers on the GPU and generates 4 tokens; the exit code and the last
 lines of a fault are recorded in JSON.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 LOAD = ("llm = llama_cpp.Llama(model_path={path!r}, n_ctx=512, n_gpu_layers={layers}, flash_attn={flash}, "
         "use_mmap={mmap}, verbose=False); print(llm('Hi', max_tokens=4)['choices'][0]['text'] is not None)")
-NOTEBOOK_08_IMPORTS = "import matplotlib.pyplot; import llmkit; from llmkit.deploy import gguf; llmkit.pick_model('Qwen/Qwen2-7B-Instruct')"
-# notebook 08's kernel died at its first figure, after the models were loaded and closed (GPU_NOTES.md, 2026-12-04)
+NOTEBOOK_09_IMPORTS = "import matplotlib.pyplot; import llmkit; from llmkit.deploy import gguf; llmkit.pick_model('Qwen/Qwen2-7B-Instruct')"
+# notebook 09's kernel died at its first figure, after the models were loaded and closed (GPU_NOTES.md, 2026-12-04)
 FIGURE = ("import matplotlib.pyplot as plt; fig, ax = plt.subplots(); ax.bar(['a', 'b'], [1.0, 2.0]); "
           "fig.savefig('/tmp/llamacpp_probe.png'); print(True)")
 # name: (imports before the load, extra environment, load settings; "after": code run after the load)
@@ -34,10 +34,10 @@ VARIANTS = {
     "llama_cpp, then numpy; use_mmap=False": ("import llama_cpp; import numpy", {}, {"mmap": False}),
     "llama_cpp, then numpy; GGML_CUDA_DISABLE_GRAPHS=1": ("import llama_cpp; import numpy", {"GGML_CUDA_DISABLE_GRAPHS": "1"}, {}),
     "llama_cpp, then numpy; OMP_NUM_THREADS=1": ("import llama_cpp; import numpy", {"OMP_NUM_THREADS": "1"}, {}),
-    "notebook 08's imports": (f"import llama_cpp; {NOTEBOOK_08_IMPORTS}", {}, {}),
-    "notebook 08's imports; GGML_CUDA_NO_PINNED=1": (f"import llama_cpp; {NOTEBOOK_08_IMPORTS}", {"GGML_CUDA_NO_PINNED": "1"}, {}),
-    "notebook 08's imports, a figure after the load": (f"import llama_cpp; {NOTEBOOK_08_IMPORTS}", {}, {"after": FIGURE}),
-    "notebook 08's imports, a figure after close()": (f"import llama_cpp; {NOTEBOOK_08_IMPORTS}", {},
+    "notebook 09's imports": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {}, {}),
+    "notebook 09's imports; GGML_CUDA_NO_PINNED=1": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {"GGML_CUDA_NO_PINNED": "1"}, {}),
+    "notebook 09's imports, a figure after the load": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {}, {"after": FIGURE}),
+    "notebook 09's imports, a figure after close()": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {},
                                                        {"after": f"llm.close(); {FIGURE}"}),
 }
 

@@ -1,6 +1,6 @@
 """Why notebook 06's "free the trained model" step leaves the 7B on the GPU in real mode (GPU machine, 24 GB card:
-"after freeing: 14.25 GiB allocated", then the merged model's reload is offloaded to the CPU and the evaluation
-crawls). On the CPU stand-in, in a script and in a Jupyter kernel, the model is freed.
+"after freeing: 14.25 GiB allocated", then the next model's load is offloaded to the CPU and crawls). On the CPU
+stand-in, in a script and in a Jupyter kernel, the model is freed.
 
 Runs notebook 06 itself, in a Jupyter kernel, up to the ``del`` (training shortened to a few steps), then reports
 whether the two Trainers are still alive and what still holds the model, as chains of referrers:
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import realmode_gpu  # noqa: E402
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "06_lora_finetune.ipynb"
-FREE_CELL_END = "reloaded ="  # notebook 06's reload follows the del / empty_cache
+FREE_CELL_END = "assert trained() is None"  # notebook 06's check that its del freed the trained model
 SHORTER = {"num_train_epochs=3.0 if STANDIN else 15.0": "num_train_epochs=3.0",  # 9 steps, a save at step 3
            "save_steps=40 if STANDIN else 15, eval_steps=40 if STANDIN else 15": "save_steps=3, eval_steps=3",
            "assert steps >= 40": "assert steps >= 1"}

@@ -4,20 +4,20 @@
 # size (the emulated card counts every process on the GPU, so never two at once), results and executed notebooks
 # under $OUT.
 #   bash benchmarks/realmode_device.sh CARD_GB "NN NN ..." [WHEEL_FOLDER ...]
-#   e.g. LLMKIT_COMMIT=abc1234 bash benchmarks/realmode_device.sh 24 "06 08" .whl .whlz
+#   e.g. LLMKIT_COMMIT=abc1234 bash benchmarks/realmode_device.sh 24 "06 09" .whl .whlz
 # CALL_LIMIT_S (default 590): the device call's timeout_s. Each notebook's time limit is cut to what is left of it, so
 # that a notebook stopped by its limit is still written and recorded (a call killed at its limit records nothing).
-# KERNEL=NAME runs them in that Jupyter kernel (09 in the vLLM kernel that benchmarks/vllm_device.sh registers).
-# With 08 (llama.cpp) in the list and no llama-cpp-python wheel built on this machine yet, it builds one in the
-# background first (about 5 min, GPU_NOTES.md) and runs 08 last, once the build is done. LLAMA_BUILD=1 with a list
-# without 08 starts that build for the next call on the same (still held) machine.
+# KERNEL=NAME runs them in that Jupyter kernel (10 in the vLLM kernel that benchmarks/vllm_device.sh registers).
+# With 09 (llama.cpp) in the list and no llama-cpp-python wheel built on this machine yet, it builds one in the
+# background first (about 5 min, GPU_NOTES.md) and runs 09 last, once the build is done. LLAMA_BUILD=1 with a list
+# without 09 starts that build for the next call on the same (still held) machine.
 set -u
 call_start=$(date +%s)
 card=$1 notebooks=$2
 shift 2
 export LLMKIT_STANDIN=0 PIP_NO_INDEX=1  # PIP_NO_INDEX: LLaMA-Factory's install fails at once here (no network)
-with_08=; case " $notebooks " in *" 08 "*) with_08=1 ;; esac
-[ -n "$with_08" ] && export LLAMA_BUILD=1  # LLAMA_BUILD=1 without 08 starts the build for a later call
+with_09=; case " $notebooks " in *" 09 "*) with_09=1 ;; esac
+[ -n "$with_09" ] && export LLAMA_BUILD=1  # LLAMA_BUILD=1 without 09 starts the build for a later call
 source benchmarks/device_setup.sh "$@"
 
 # 03 alone does not load Qwen2-7B: leave its 15 GB out, the 72B checkpoint (41.6 GB) needs the 64 GiB disk
@@ -37,23 +37,27 @@ run() {
     --cell-timeout 300 --notebook-timeout "$limit" ${KERNEL:+--kernel "$KERNEL"} 2>&1 | tee "$OUT/$1_${card}gb.log" |
     grep -v "WARNING\|MissingIDField\|_validate(" | tail -2  # the whole log (kernels' stderr too) stays in $OUT
   # The machine's disk is 64 GiB: remove what a notebook wrote for the learner to keep (04's safetensors copy of
-  # XVERSE 13.6 GiB, 06's merged model 14.9 GiB, 08's GGUF files 23.6 GiB), or the next notebook finds the disk full
-  # (06 at 80 GB did, after 04 and 08). Its disk_written_gib is measured before this. KEEP_OUTPUTS=1 keeps them
-  # (e.g. 08's f16 GGUF for benchmarks/llamacpp_crash_probe.py).
-  [ "${KEEP_OUTPUTS:-0}" = 1 ] || rm -rf notebooks/models "$HOME/.cache/llmkit/gguf" /tmp/llmkit-06-*
+  # XVERSE 13.6 GiB, 07's merged model 14.9 GiB, the GGUF files 23.6 GiB), or the next notebook finds the disk full
+  # (06 at 80 GB did, after 04 and the GGUF notebook). Its disk_written_gib is measured before this. 06's LoRA adapter (tens of MB,
+  # notebooks/models/lora) stays: 07 reads it. KEEP_OUTPUTS=1 keeps everything (e.g. the f16 GGUF for
+  # benchmarks/llamacpp_crash_probe.py).
+  if [ "${KEEP_OUTPUTS:-0}" != 1 ]; then
+    find notebooks/models -mindepth 1 -maxdepth 1 ! -name lora -exec rm -rf {} + 2>/dev/null
+    rm -rf "$HOME/.cache/llmkit/gguf" /tmp/llmkit-0[67]-*
+  fi
   echo "disk free after $1: $(df -h --output=avail / | tail -1)"
 }
 for number in $notebooks; do
-  [ "$number" = 08 ] && continue
+  [ "$number" = 09 ] && continue
   run "$number"
 done
-if [ -n "$with_08" ]; then
+if [ -n "$with_09" ]; then
   while ! grep -q "llama build exit" /tmp/lcpw.log 2>/dev/null && ! ls /tmp/lcpw/*.whl >/dev/null 2>&1; do sleep 5; done
   tail -1 /tmp/lcpw.log 2>/dev/null
   if ls /tmp/lcpw/*.whl >/dev/null 2>&1; then
     source benchmarks/device_setup.sh  # installs the built wheel and registers the llama.cpp notebook's kernel
-    run 08
+    run 09
   else
-    echo "08 not run: the llama-cpp-python build failed (/tmp/lcpw.log)"; tail -15 /tmp/lcpw.log
+    echo "09 not run: the llama-cpp-python build failed (/tmp/lcpw.log)"; tail -15 /tmp/lcpw.log
   fi
 fi

@@ -11,6 +11,7 @@ process that died (``fault_stacks``, from ``fault_log/sitecustomize.py``); the e
 
     python benchmarks/realmode_gpu.py --cards 24 80 --notebooks 00 02 05 --out $OUT
     python benchmarks/realmode_gpu.py --merge /work/.device/3     # back here: into benchmarks/results and the README
+    python benchmarks/realmode_gpu.py --readme                    # the README's tables again (a notebook added or renamed)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -200,12 +202,52 @@ def _course_map_cell(run: dict | None) -> str:
     return f"runs fully ({run['passed']} cells); {measured}"
 
 
+def chinese_cell(cell: str) -> str:
+    """One cell of the English real-mode table (as ``_course_map_cell`` writes it) in Chinese, every number kept.
+
+    >>> chinese_cell("runs fully (9 cells); peak 0.51 GiB, 27.1 s")
+    '全部通过（9 个单元格）；峰值 0.51 GiB，27.1 s'
+    """
+    measured = r"peak (?P<peak>[\d.]+) GiB, (?P<wall>[\d.]+) s(?: on an (?P<gpu>.+))?"
+
+    def measured_zh(m: re.Match) -> str:
+        return f"峰值 {m['peak']} GiB，{m['wall']} s" + (f"（在 {m['gpu']} 上）" if m["gpu"] else "")
+
+    patterns = [
+        (r"not run yet", lambda m: "尚未运行"),
+        (r"runs fully \((?P<n>\d+) cells\); " + measured, lambda m: f"全部通过（{m['n']} 个单元格）；" + measured_zh(m)),
+        (r"runs, (?P<n>\d+) cells skipped by the notebook; " + measured,
+         lambda m: f"通过，笔记本跳过 {m['n']} 个单元格；" + measured_zh(m)),
+        (r"stopped by the time limit after (?P<n>\d+) cells(?: \((?P<f>\d+) failed\))?; peak (?P<peak>[\d.]+) GiB so far",
+         lambda m: f"{m['n']} 个单元格后到达时间上限" + (f"（{m['f']} 个失败）" if m["f"] else "") + f"；此前峰值 {m['peak']} GiB"),
+        (r"the kernel died after (?P<n>\d+) cells", lambda m: f"内核在 {m['n']} 个单元格后退出"),
+        (r"(?P<f>\d+) of (?P<t>\d+) cells failed", lambda m: f"{m['t']} 个单元格中 {m['f']} 个失败"),
+        (r"not valid at this size: peak (?P<peak>[\d.]+) GiB is over the card \((?P<f>\d+) cells failed\)",
+         lambda m: f"在这个大小下无效：峰值 {m['peak']} GiB 超过了卡（{m['f']} 个单元格失败）"),
+    ]
+    for pattern, chinese in patterns:
+        if found := re.fullmatch(pattern, cell):
+            return chinese(found)
+    raise ValueError(f"no Chinese for the real-mode cell {cell!r}: add its pattern to chinese_cell")
+
+
+def readme_table_zh(english: str) -> str:
+    """The README's Chinese real-mode table: ``english`` (``readme_table()``) with every cell in Chinese."""
+    lines = english.splitlines()
+    header = lines[0].replace("| notebook |", "| 笔记本 |").replace(" GB card |", " GB 卡 |")
+    rows = []
+    for line in lines[2:]:
+        name, *cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows.append(f"| {name} | " + " | ".join(chinese_cell(cell) for cell in cells) + " |")
+    return "\n".join([header, lines[1], *rows])
+
+
 def merge(fetched: Path, results: Path = ROOT / "benchmarks" / "results", readme: Path = ROOT / "README.md") -> list[str]:
     """Merge the per-notebook entries of a GPU call's result files (``fetched``: the folder its ``$OUT`` came back to)
     into ``results``' files, then rewrite the README's real-mode table from them; returns what was merged.
 
     >>> merge(Path("/work/.device/3"))  # doctest: +SKIP
-    ['24 GB: 08_llamacpp_gguf']
+    ['24 GB: 09_llamacpp_gguf']
     """
     merged = []
     for source in sorted(fetched.glob("realmode_*gb.json")):
@@ -216,17 +258,28 @@ def merge(fetched: Path, results: Path = ROOT / "benchmarks" / "results", readme
         ours["machine"] = theirs["machine"]
         target.write_text(json.dumps(ours, indent=2, ensure_ascii=False))
         merged += [f"{theirs['card_gb']} GB: {name}" for name in theirs["notebooks"]]
-    start, end = "<!-- realmode-table -->\n", "\n<!-- /realmode-table -->"
-    text = readme.read_text()
-    before, rest = text.split(start)
-    readme.write_text(before + start + readme_table(results) + end + rest.split(end, 1)[1])
+    write_readme_tables(readme, results)
     return merged
+
+
+def write_readme_tables(readme: Path = ROOT / "README.md", results: Path = ROOT / "benchmarks" / "results") -> None:
+    """Rewrite the README's real-mode tables, English and Chinese, from the result files."""
+    english = readme_table(results)
+    text = readme.read_text(encoding="utf-8")
+    for marker, table in (("realmode-table", english), ("realmode-table-zh", readme_table_zh(english))):
+        start, end = f"<!-- {marker} -->\n", f"\n<!-- /{marker} -->"
+        if start in text:
+            before, rest = text.split(start)
+            text = before + start + table + end + rest.split(end, 1)[1]
+    readme.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--merge", type=Path, metavar="FOLDER", help="instead of running: merge the result files a GPU "
-                        "call brought back into benchmarks/results and rewrite the README's table")
+                        "call brought back into benchmarks/results and rewrite the README's tables")
+    parser.add_argument("--readme", action="store_true", help="instead of running: rewrite the README's tables from "
+                        "benchmarks/results (after a notebook was added or renamed)")
     parser.add_argument("--cards", nargs="+", type=int, default=[24, 80])
     parser.add_argument("--notebooks", nargs="+", help="notebook numbers, e.g. 00 02 05")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -234,11 +287,14 @@ def main() -> None:
     parser.add_argument("--cell-timeout", type=int, default=400)
     parser.add_argument("--notebook-timeout", type=int, default=540, help="stop a notebook after this many seconds")
     parser.add_argument("--deadline-s", type=float, default=540, help="start no notebook after this many seconds")
-    parser.add_argument("--kernel", help="run the notebooks in this Jupyter kernel instead of their own (e.g. 09 in "
+    parser.add_argument("--kernel", help="run the notebooks in this Jupyter kernel instead of their own (e.g. 10 in "
                                          "a kernel whose Python has vLLM, as a learner picks 'Python (llmkit + vLLM)')")
     args = parser.parse_args()
     if args.merge:
         print("\n".join(merge(args.merge)) or f"no realmode_*gb.json in {args.merge}")
+        return
+    if args.readme:
+        write_readme_tables()
         return
     if not args.notebooks:
         parser.error("name the notebooks to run (--notebooks 00 02 ...) or a folder to --merge")

@@ -54,9 +54,9 @@ for extra in ("vllm._moe_C_stable_libtorch", "vllm.vllm_flash_attn._vllm_fa3_C")
     except Exception as e:  # noqa: BLE001 - a report, not a failure
         print(f"{extra}: {type(e).__name__}: {e}")
 EOF
-  # the Jupyter kernel of notebook 09's vLLM cells, like setup.sh's "Python (llmkit + vLLM)"; realmode_device.sh
+  # the Jupyter kernel of notebook 10's vLLM cells, like setup.sh's "Python (llmkit + vLLM)"; realmode_device.sh
   # runs a notebook in it with KERNEL=llmkit-vllm (source benchmarks/device_setup.sh first: its PYTHONPATH is kept).
-  # PATH: the `vllm` command (09's `vllm serve`, `vllm bench`) is in $T/bin, which is not beside the kernel's python3
+  # PATH: the `vllm` command (10's `vllm serve`, `vllm bench`) is in $T/bin, which is not beside the kernel's python3
   python3 -m ipykernel install --user --name llmkit-vllm --display-name "Python (llmkit + vLLM)" \
     --env PYTHONPATH "$PYTHONPATH" --env PATH "$T/bin:$PATH" --env HF_HUB_OFFLINE 1 --env VLLM_NO_USAGE_STATS 1 --env DO_NOT_TRACK 1 \
     --env VLLM_USE_FLASHINFER_SAMPLER 0 --env NCCL_NVLS_ENABLE 0 --env TORCH_SYMM_MEM_DISABLE_MULTICAST 1 \

@@ -45,9 +45,9 @@ def test_follows_course_conventions(path):
 def test_kernel_is_the_one_setup_registers(path):
     """A learner who opens a notebook in JupyterLab gets the kernel setup.sh registers (the venv with llmkit)."""
     setup = (path.parent.parent / "setup.sh").read_text(encoding="utf-8")
-    # the course's kernel; `bash setup.sh vllm` registers a second one, llmkit-vllm, for notebook 09's vLLM cells
+    # the course's kernel; `bash setup.sh vllm` registers a second one, llmkit-vllm, for notebook 10's vLLM cells
     name, display = re.search(r'ipykernel install .*--name (llmkit) --display-name "([^"]+)"', setup).groups()
-    if path.name == "08_llamacpp_gguf.ipynb":  # its own kernel loads llama.cpp before pyzmq (llmkit/deploy/llamacpp_kernel.py)
+    if path.name == "09_llamacpp_gguf.ipynb":  # its own kernel loads llama.cpp before pyzmq (llmkit/deploy/llamacpp_kernel.py)
         assert "python -m llmkit.deploy.llamacpp_kernel install" in setup
         name, display = llamacpp_kernel.KERNEL_NAME, llamacpp_kernel.DISPLAY_NAME
     kernelspec = nbformat.read(path, as_version=4).metadata.kernelspec

@@ -1,12 +1,16 @@
 """The README's own figures, in both language halves, are the values in benchmarks/results/: the headline
-measurements, the time and disk of the test command, and the Chinese real-mode table (the English one is written by
-``benchmarks/realmode_gpu.py``; ``python tests/test_readme_headline.py`` prints the Chinese table made from it)."""
+measurements, the time and disk of the test command, and the Chinese real-mode table (both tables are written by
+``benchmarks/realmode_gpu.py --readme``)."""
 
 import json
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import realmode_gpu  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 NUMBER = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)?")  # 11.0, 21968.6, 131,072; not the 2 of "Qwen2" or the 100 of "H100"
 
@@ -78,41 +82,6 @@ def test_the_test_commands_time_and_disk_come_from_the_result_file():
     assert f"在 {cores} 个 CPU 核、没有 GPU 的机器上，这一步用了约 {minutes} 分钟、{disk} GB 磁盘" in chinese
 
 
-def chinese_cell(cell: str) -> str:
-    """One cell of the English real-mode table (as ``realmode_gpu._course_map_cell`` writes it) in Chinese."""
-    measured = r"peak (?P<peak>[\d.]+) GiB, (?P<wall>[\d.]+) s(?: on an (?P<gpu>.+))?"
-
-    def measured_zh(m: re.Match) -> str:
-        return f"峰值 {m['peak']} GiB，{m['wall']} s" + (f"（在 {m['gpu']} 上）" if m["gpu"] else "")
-
-    patterns = [
-        (r"not run yet", lambda m: "尚未运行"),
-        (r"runs fully \((?P<n>\d+) cells\); " + measured, lambda m: f"全部通过（{m['n']} 个单元格）；" + measured_zh(m)),
-        (r"runs, (?P<n>\d+) cells skipped by the notebook; " + measured,
-         lambda m: f"通过，笔记本跳过 {m['n']} 个单元格；" + measured_zh(m)),
-        (r"stopped by the time limit after (?P<n>\d+) cells(?: \((?P<f>\d+) failed\))?; peak (?P<peak>[\d.]+) GiB so far",
-         lambda m: f"{m['n']} 个单元格后到达时间上限" + (f"（{m['f']} 个失败）" if m["f"] else "") + f"；此前峰值 {m['peak']} GiB"),
-        (r"the kernel died after (?P<n>\d+) cells", lambda m: f"内核在 {m['n']} 个单元格后退出"),
-        (r"(?P<f>\d+) of (?P<t>\d+) cells failed", lambda m: f"{m['t']} 个单元格中 {m['f']} 个失败"),
-        (r"not valid at this size: peak (?P<peak>[\d.]+) GiB is over the card \((?P<f>\d+) cells failed\)",
-         lambda m: f"在这个大小下无效：峰值 {m['peak']} GiB 超过了卡（{m['f']} 个单元格失败）"),
-    ]
-    for pattern, chinese in patterns:
-        if found := re.fullmatch(pattern, cell):
-            return chinese(found)
-    raise ValueError(f"no Chinese for the real-mode cell {cell!r}: add its pattern to chinese_cell")
-
-
-def chinese_realmode_table(english: str) -> str:
-    lines = english.splitlines()
-    header = lines[0].replace("| notebook |", "| 笔记本 |").replace(" GB card |", " GB 卡 |")
-    rows = []
-    for line in lines[2:]:
-        name, *cells = [cell.strip() for cell in line.strip("|").split("|")]
-        rows.append(f"| {name} | " + " | ".join(chinese_cell(cell) for cell in cells) + " |")
-    return "\n".join([header, lines[1], *rows])
-
-
 def realmode_blocks() -> tuple[str, str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     english = text.split("<!-- realmode-table -->\n")[1].split("\n<!-- /realmode-table -->")[0]
@@ -122,8 +91,8 @@ def realmode_blocks() -> tuple[str, str]:
 
 def test_the_chinese_real_mode_table_says_what_the_english_one_says():
     english, chinese = realmode_blocks()
-    assert chinese == chinese_realmode_table(english), (
-        "the Chinese real-mode table is not the English one translated; `python tests/test_readme_headline.py` prints it")
+    assert chinese == realmode_gpu.readme_table_zh(english), (
+        "the Chinese real-mode table is not the English one translated; `python benchmarks/realmode_gpu.py --readme` rewrites it")
 
 
 def test_a_chinese_real_mode_cell_keeps_every_number():
@@ -131,7 +100,7 @@ def test_a_chinese_real_mode_cell_keeps_every_number():
                  "stopped by the time limit after 8 cells (1 failed); peak 18.73 GiB so far", "3 of 12 cells failed",
                  "runs fully (9 cells); peak 0.5 GiB, 27.1 s on an H100 80GB HBM3", "the kernel died after 9 cells",
                  "not valid at this size: peak 24.15 GiB is over the card (1 cells failed)", "not run yet"]:
-        assert sorted(numbers(chinese_cell(cell))) == sorted(numbers(cell)), cell
+        assert sorted(numbers(realmode_gpu.chinese_cell(cell))) == sorted(numbers(cell)), cell
 
 
 def test_the_course_map_lists_every_notebook_with_the_same_card_in_both_languages():
@@ -147,6 +116,3 @@ def test_the_course_map_lists_every_notebook_with_the_same_card_in_both_language
         assert sorted(numbers(en_row[2])) == sorted(numbers(zh_row[2])), (en_row[0], en_row[2], zh_row[2])
         assert (en_row[2] == "none") == (zh_row[2] == "不需要")
 
-
-if __name__ == "__main__":
-    print(chinese_realmode_table(realmode_blocks()[0]))

@@ -103,8 +103,8 @@ def test_every_server_a_notebook_starts_binds_loopback(notebook):
 
 
 def test_the_notebooks_start_servers_at_all():
-    """The check above must look at something: notebook 09 starts transformers serve and vllm serve."""
-    source = json.loads(Path(NOTEBOOKS[0].parent, "09_serving.ipynb").read_text(encoding="utf-8"))["cells"]
+    """The check above must look at something: notebook 10 starts transformers serve and vllm serve."""
+    source = json.loads(Path(NOTEBOOKS[0].parent, "10_serving.ipynb").read_text(encoding="utf-8"))["cells"]
     assert len(server_commands("\n".join("".join(c["source"]) for c in source if c["cell_type"] == "code"))) >= 2
 
 

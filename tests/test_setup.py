@@ -86,7 +86,7 @@ def test_vllm_without_an_nvidia_driver_is_one_line_and_exit_5():
     assert result.returncode == 5 and not (ROOT / ".venv-vllm").exists()
     assert result.stderr.strip().splitlines() == [
         "setup.sh: vLLM not installed: it runs only on Linux with an NVIDIA GPU, and no NVIDIA driver was found here "
-        "(notebook 09 skips its vLLM sections)"]
+        "(notebook 10 skips its vLLM sections)"]
 
 
 def test_vllm_with_a_driver_older_than_cuda_13_is_one_line_and_exit_4():

@@ -2,7 +2,7 @@
 
 Kinds: ``lora`` (``python -m llmkit.finetune.train_lora`` on every GPU of every node, through torchrun or accelerate;
 ``--train-args`` go to the training script), ``llamafactory`` (``llmkit.finetune.llamafactory.write_multi_gpu_configs``
-writes the YAMLs and the DeepSpeed ZeRO config next to FILE, from the same ``LoraSettings`` notebook 07 uses), and
+writes the YAMLs and the DeepSpeed ZeRO config next to FILE, from the same ``LoraSettings`` notebook 08 uses), and
 ``chat`` (one question to a model spread over one node's GPUs). Submit the file with ``sbatch FILE``.
 """
 

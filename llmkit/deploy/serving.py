@@ -308,7 +308,7 @@ def vllm_missing() -> str | None:
     reasons = []
     if importlib.util.find_spec("vllm") is None:
         reasons.append("the vllm package is not installed in this environment (on a Linux machine with an NVIDIA "
-                       "GPU: `bash setup.sh vllm`, then the Jupyter kernel 'Python (llmkit + vLLM)'; notebook 09)")
+                       "GPU: `bash setup.sh vllm`, then the Jupyter kernel 'Python (llmkit + vLLM)'; notebook 10)")
     if not torch.cuda.is_available():
         reasons.append(f"torch {torch.__version__} sees no CUDA GPU")
     return f"vLLM cannot run here: {'; '.join(reasons)}" if reasons else None

@@ -227,8 +227,8 @@ def check_packages(facts: dict) -> list[Row]:
                  else "reinstall gptqmodel for this torch/CUDA (pip install --force-reinstall --no-deps gptqmodel)")
         rows.append(Row("GPTQ GPU kernel", str(kernel)[:120], WARN,
                         f"GPTQ falls back to the slow torch kernel (several times slower); {cause}"))
-    for name, why in [("bitsandbytes", "8/4-bit on the fly, QLoRA"), ("vllm", "notebook 09 serving: bash setup.sh vllm, its own venv"),
-                      ("llama-cpp-python", "notebook 08 GGUF: bash setup.sh llama-cpp compiles it")]:
+    for name, why in [("bitsandbytes", "8/4-bit on the fly, QLoRA"), ("vllm", "notebook 10 serving: bash setup.sh vllm, its own venv"),
+                      ("llama-cpp-python", "notebook 09 GGUF: bash setup.sh llama-cpp compiles it")]:
         version = pkgs.get(name)
         rows.append(Row(name, version or "not installed", OK, "" if version else f"optional ({why})"))
     return rows

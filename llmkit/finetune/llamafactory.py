@@ -1,4 +1,4 @@
-"""The LLaMA-Factory route of notebook 07: one set of LoRA settings, written as LLaMA-Factory's train / export /
+"""The LLaMA-Factory route of notebook 08: one set of LoRA settings, written as LLaMA-Factory's train / export /
 chat YAML files, run with ``llamafactory-cli`` in LLaMA-Factory's own virtual environment.
 
 LLaMA-Factory pins library versions the course's stack cannot share (transformers<=5.6, peft<=0.18.1, ...), so

@@ -1,4 +1,4 @@
-"""LLaMA-Factory route: the YAML files written from one set of settings (the real run is in notebook 07)."""
+"""LLaMA-Factory route: the YAML files written from one set of settings (the real run is in notebook 08)."""
 
 import json
 from pathlib import Path

@@ -281,7 +281,7 @@ def test_the_lora_free_probe_still_patches_notebook_06():
     import lora_free_probe
 
     cells = lora_free_probe.probe_notebook().cells
-    assert "reloaded =" not in cells[-2].source and "del model" in cells[-2].source
+    assert "assert trained()" not in cells[-2].source and "del model" in cells[-2].source
     assert "PROBE_MODEL()" in cells[-1].source
 
 

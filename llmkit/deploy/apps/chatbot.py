@@ -1,4 +1,4 @@
-"""A streamlit chatbot for a chat-template model (notebook 10).
+"""A streamlit chatbot for a chat-template model (notebook 11).
 
 Start it with the launcher, which checks that the model is on disk and runs streamlit bound to 127.0.0.1::
 
