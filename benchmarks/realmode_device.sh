@@ -43,7 +43,7 @@ run() {
   # benchmarks/llamacpp_crash_probe.py).
   if [ "${KEEP_OUTPUTS:-0}" != 1 ]; then
     find notebooks/models -mindepth 1 -maxdepth 1 ! -name lora -exec rm -rf {} + 2>/dev/null
-    rm -rf "$HOME/.cache/llmkit/gguf" /tmp/llmkit-0[67]-*
+    rm -rf "$HOME/.cache/llmkit/gguf" /tmp/llmkit-0[678]-*
   fi
   echo "disk free after $1: $(df -h --output=avail / | tail -1)"
 }

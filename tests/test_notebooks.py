@@ -73,11 +73,16 @@ def test_a_kernel_that_dies_fails_its_cell_at_once_with_the_reason(tmp_path):
     assert "the notebook's kernel died while running this cell (killed by SIGSEGV)" in done.stdout
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebook_ends_with_what_was_learned(path):
+    last = nbformat.read(path, as_version=4).cells[-1]
+    assert last.cell_type == "markdown" and "小结 / Summary" in last.source, f"{path.name} should end with its summary"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS[:-1], ids=lambda p: p.name)
 def test_each_notebook_ends_by_naming_the_next_one(path):
-    nb = nbformat.read(path, as_version=4)
     following = NOTEBOOKS[NOTEBOOKS.index(path) + 1].name[:2]
-    last_text = next(c.source for c in reversed(nb.cells) if c.cell_type == "markdown")
+    last_text = nbformat.read(path, as_version=4).cells[-1].source
     assert f"下一课 / Next：{following} " in last_text, f"{path.name} should point to notebook {following}"
 
 

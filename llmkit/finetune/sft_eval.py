@@ -65,3 +65,44 @@ def evaluate(model, tokenizer, suite: dict, max_new_tokens: int = 64) -> dict:
             rows.append({"question": question, "answer": answer, "ok": scores(answer, item["expect"])})
         result[part] = {"rows": rows, "score": sum(r["ok"] for r in rows) / len(rows)}
     return result
+
+
+def print_comparison(before: dict, after: dict, width: int = 70) -> None:
+    """Print each part's score before -> after, then every question with its two answers (✓ scored, ✗ not).
+
+    >>> row = {"question": "你是谁？", "answer": "我是小K。", "ok": True}
+    >>> part = {"rows": [row], "score": 1.0}
+    >>> print_comparison({p: part for p in PARTS}, {p: part for p in PARTS})  # doctest: +ELLIPSIS
+    identity_held_out: 1.00 -> 1.00
+      你是谁？
+        before ✓ '我是小K。'
+        after  ✓ '我是小K。'
+    ...
+    """
+    for part in PARTS:
+        print(f"{part}: {before[part]['score']:.2f} -> {after[part]['score']:.2f}")
+        for old, new in zip(before[part]["rows"], after[part]["rows"]):
+            print(f"  {old['question']}")
+            for label, row in (("before", old), ("after ", new)):
+                print(f"    {label} {'✓' if row['ok'] else '✗'} {row['answer'][:width]!r}")
+
+
+def plot_scores(before: dict, after: dict, title: str, after_label: str = "after LoRA"):
+    """Bars of each part's score (fraction correct) before and after the fine-tune; returns the axes.
+
+    >>> part = {"rows": [], "score": 0.5}
+    >>> plot_scores({p: part for p in PARTS}, {p: part for p in PARTS}, "Qwen2-7B-Instruct")  # doctest: +ELLIPSIS
+    <Axes: ...>
+    """
+    import matplotlib.pyplot as plt
+
+    ax = plt.subplots(figsize=(6.5, 3))[1]
+    x = range(len(PARTS))
+    ax.bar([i - 0.2 for i in x], [before[p]["score"] for p in PARTS], width=0.4, label="before")
+    ax.bar([i + 0.2 for i in x], [after[p]["score"] for p in PARTS], width=0.4, label=after_label)
+    ax.set_xticks(list(x), ["identity\n(new phrasings)", "general\nquestions", "two-turn\nchats"])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction correct")
+    ax.set_title(title)
+    ax.legend()
+    return ax
