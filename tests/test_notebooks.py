@@ -1,5 +1,6 @@
 """Notebook conventions: committed without outputs, assert what they show, never interactive."""
 
+import json
 import re
 from pathlib import Path
 
@@ -24,6 +25,14 @@ def test_committed_without_outputs_or_counts(path):
     nb = nbformat.read(path, as_version=4)
     dirty = [i for i, c in enumerate(code_cells(nb)) if c.outputs or c.execution_count is not None]
     assert not dirty, f"{path.name}: code cells {dirty} have outputs or execution counts; clear them before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_is_valid_nbformat_4_5(path):
+    """Cell ids and code cells' outputs fields are required; nbformat warns today and will refuse without them."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    missing = [i for i, c in enumerate(cells) if "id" not in c or (c["cell_type"] == "code" and "outputs" not in c)]
+    assert not missing, f"{path.name}: cells {missing} lack an id or outputs field; run nbformat's normalize() on it"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
