@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Gather, on this CPU machine, the wheels that the GPU machine's image lacks (it has no network; GPU_NOTES.md), as
 # cp312 wheels at the versions of the course's venv, into git-ignored folders that a device call carries:
-#   .whl/   the course's libraries and the Jupyter kernel stack that nbval needs (about 45 MB)
+#   .whl/   the course's libraries, the Jupyter kernel stack that nbval needs and bitsandbytes (notebook 06's QLoRA
+#           cell) with only the CUDA 13.0 and CPU libraries the GPU machine loads (slim_wheel.py: 3.6 MB, not 43);
+#           .whl and .whlz fit one call's 64 MiB (about 57 MB)
 #   .whlz/  serving (openai, fastapi, uvicorn, ...), llama-cpp-python[server]'s parts and its slim sdist (about 9 MB)
-#   .whlq/  bitsandbytes (43 MB, notebook 06's QLoRA cell) and the small CUDA 13.0 compiler wheels (crt, cccl, runtime)
+#   .whlq/  the small CUDA 13.0 compiler wheels (crt, cccl, runtime)
 #   .whls/  streamlit and what it needs beyond the image (13 MB; notebook 11): `source benchmarks/device_setup.sh .whls`;
 #           not pydeck (11 MB, map charts only: streamlit imports it lazily; notebook 11 passes without it), so that
 #           .whlq and .whls fit one call's 64 MiB
@@ -32,7 +34,8 @@ fetch .whlz openai fastapi uvicorn starlette jiter sniffio opentelemetry-api pyd
   annotated-types typing-inspection
 python3 -m pip download -q --no-deps --only-binary :all: -d .whlz pydantic-settings sse-starlette starlette-context distro diskcache \
   python-dotenv 2>&1 | grep -v WARNING || true
-fetch .whlq bitsandbytes
+rm -rf /tmp/bnb_full && fetch /tmp/bnb_full bitsandbytes
+python3 benchmarks/slim_wheel.py /tmp/bnb_full/bitsandbytes-*.whl .whl --keep cpu cuda130 >/dev/null
 fetch .whls streamlit altair watchdog websockets itsdangerous python-multipart tzdata
 cuda_wheels() { python3 -m pip download -q --no-deps --only-binary :all: --python-version 3.12 \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_12_x86_64 -d "$@" 2>&1 | grep -v WARNING || true; }
