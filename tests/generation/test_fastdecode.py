@@ -22,7 +22,8 @@ def left_padded(tokenizer, questions, width=None):
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
              for q in questions]
     padding = {"padding": "max_length", "max_length": width} if width else {"padding": True}
-    return tokenizer(texts, return_tensors="pt", padding_side="left", **padding)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where llmkit.load puts the model
+    return tokenizer(texts, return_tensors="pt", padding_side="left", **padding).to(device)
 
 
 def reference(model, tokenizer, batch, new_tokens):
