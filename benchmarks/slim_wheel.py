@@ -3,7 +3,7 @@
 bitsandbytes ships a library per CUDA / ROCm / XPU version (43 MB); the GPU machine's torch is built for CUDA 13.0,
 so only ``libbitsandbytes_cuda130.so`` (and the CPU one) is ever loaded there. RECORD keeps the kept files' rows.
 
-    python benchmarks/slim_wheel.py .whlq/bitsandbytes-0.50.2-*.whl .whl --keep cpu cuda130
+    python benchmarks/slim_wheel.py /tmp/bnb_full/bitsandbytes-0.50.2-*.whl .whl --keep cpu cuda130  # device_wheels.sh
 """
 import argparse
 import re
@@ -14,7 +14,7 @@ from pathlib import Path
 def slim_wheel(wheel: Path, out_dir: Path, keep: list[str]) -> Path:
     """Write ``out_dir/<wheel's name>`` without the ``lib*_<tag>.so`` files whose tag is not in ``keep``.
 
-    >>> slim_wheel(Path(".whlq/bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl"), Path(".whl"),
+    >>> slim_wheel(Path("/tmp/bnb_full/bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl"), Path(".whl"),
     ...            ["cpu", "cuda130"])  # doctest: +SKIP
     PosixPath('.whl/bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl')
     """
