@@ -1,6 +1,6 @@
 """Card-size emulation: make a big GPU behave as a 24 GB (RTX 4090), 40 GB or 80 GB (A100) card.
 
-One setting, ``LLMKIT_CARD_GB=24`` (or 40, 80, any size up to the real card), does two things:
+One setting, ``LLMKIT_CARD_GB=24`` (or 40, 80, any size up to the real card's label), does two things:
 
 - PyTorch's caching allocator of every Python process is capped at that size minus the CUDA context, so a
   model or a batch that would not fit the smaller card runs out of memory as it would there. llmkit applies the
@@ -35,6 +35,9 @@ GIB = 2**30
 # torch 2.11 / CUDA 13 on an H200 for a plain model, 0.9 GiB in notebook 05's run (nvidia-smi 24.15 GiB beside a
 # 23.25 GiB allocator cap). The allocator gets the card minus this, so an emulated card is not more generous than a real one.
 CONTEXT_GIB = 1.0
+# A card sold as N GB shows CUDA a little less than N GiB (an 80 GB A100 or H100: 79.2 GiB; a 40 GB A100: 39.4;
+# an RTX 4090: 24.0): asking for the size of the card one has, within this share, emulates that card itself.
+LABEL_TOLERANCE = 0.025
 HOOK_DIR = Path(__file__).with_name("card_hook")
 
 
@@ -62,21 +65,33 @@ def card_gib(value: str | None = None) -> float | None:
     return size
 
 
-def allocator_fraction(card: float, real_total_bytes: int) -> float:
-    """The fraction of the real card PyTorch's allocator may use so that, with the CUDA context, the process
-    stays inside a ``card``-GiB card.
+def effective_gib(card: float, real_total_bytes: int) -> float:
+    """The size in GiB that emulating a ``card``-GB card means on a GPU of ``real_total_bytes``: ``card`` itself on a
+    bigger GPU, the GPU's own size where ``card`` is its label (an 80 GB H100 shows CUDA 79.2 GiB).
 
-    >>> round(allocator_fraction(24, 140 * GIB), 4)
-    0.1643
-    >>> allocator_fraction(200, 140 * GIB)
+    >>> effective_gib(24, 140 * GIB), effective_gib(80, int(79.2 * GIB))
+    (24, 79.2)
+    >>> effective_gib(200, 140 * GIB)
     Traceback (most recent call last):
     ...
     llmkit.errors.BadInput: LLMKIT_CARD_GB=200 is larger than this GPU (140.0 GiB): emulate a smaller card or unset it
     """
     real = real_total_bytes / GIB
-    if card > real:
-        raise BadInput(f"{CARD_ENV}={card:g} is larger than this GPU ({real:.1f} GiB): emulate a smaller card or unset it")
-    return (card - CONTEXT_GIB) / real
+    if card <= real:
+        return card
+    if card <= real * (1 + LABEL_TOLERANCE):
+        return round(real, 2)
+    raise BadInput(f"{CARD_ENV}={card:g} is larger than this GPU ({real:.1f} GiB): emulate a smaller card or unset it")
+
+
+def allocator_fraction(card: float, real_total_bytes: int) -> float:
+    """The fraction of the real card PyTorch's allocator may use so that, with the CUDA context, the process
+    stays inside a ``card``-GiB card (``effective_gib``).
+
+    >>> round(allocator_fraction(24, 140 * GIB), 4)
+    0.1643
+    """
+    return (effective_gib(card, real_total_bytes) - CONTEXT_GIB) / (real_total_bytes / GIB)
 
 
 def apply() -> float | None:
@@ -149,17 +164,19 @@ def _emulated(real):
 
 
 def emulate(free_bytes: int, total_bytes: int, card: float | None = None) -> tuple[int, int]:
-    """(free, total) as the emulated card would report them: total is the card, free is the card minus what every
-    process on the real GPU uses (never below 0). Unchanged when no card is emulated.
+    """(free, total) as the emulated card would report them: total is the card (never more than the real GPU), free
+    is the card minus what every process on the real GPU uses (never below 0). Unchanged when no card is emulated.
 
     >>> emulate(130 * GIB, 140 * GIB, card=24) == (14 * GIB, 24 * GIB)
+    True
+    >>> emulate(70 * GIB, 79 * GIB, card=80) == (70 * GIB, 79 * GIB)  # an 80 GB card's label on an 80 GB card
     True
     >>> emulate(100 * GIB, 140 * GIB, card=None) == (100 * GIB, 140 * GIB)
     True
     """
     if card is None:
         return free_bytes, total_bytes
-    card_bytes = int(card * GIB)
+    card_bytes = min(int(card * GIB), total_bytes)
     used = total_bytes - free_bytes
     return max(0, card_bytes - used), card_bytes
 

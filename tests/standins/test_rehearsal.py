@@ -168,6 +168,16 @@ def test_an_emulated_card_is_what_fit_checks_and_the_doctor_see(monkeypatch):
     assert card.allocator_fraction(24, 140 * gib) * 140 + card.CONTEXT_GIB == pytest.approx(24)
 
 
+def test_emulating_the_label_of_the_card_one_has_is_that_card():
+    """An 80 GB H100 or A100 shows CUDA 79.2 GiB: LLMKIT_CARD_GB=80 there is the card itself, not an error."""
+    gib, h100 = card.GIB, int(79.2 * card.GIB)
+    assert card.allocator_fraction(80, h100) * 79.2 + card.CONTEXT_GIB == pytest.approx(79.2)
+    assert card.emulate(70 * gib, h100, card=80) == (70 * gib, h100)
+    assert card.allocator_fraction(40, h100) * 79.2 + card.CONTEXT_GIB == pytest.approx(40)
+    with pytest.raises(BadInput, match="larger than this GPU"):
+        card.allocator_fraction(96, h100)
+
+
 def test_python_processes_started_with_child_env_queue_the_cap_for_cuda_start(monkeypatch):
     env = card.child_env({**os.environ, card.CARD_ENV: "24"})
     probe = ("import sys; assert 'torch' not in sys.modules; import torch; "
