@@ -2,7 +2,7 @@
 # One real-mode call on the GPU machine, in one command (inline commands there went wrong: GPU_NOTES.md, fourth session):
 # install the carried wheels, write the rehearsal checkpoints the notebooks need, run them one at a time at one card
 # size (the emulated card counts every process on the GPU, so never two at once), results and executed notebooks
-# under $OUT.
+# under $OUT (packed into logs_<CARD>gb.tar.gz at the end, beside realmode_<CARD>gb.json).
 #   bash benchmarks/realmode_device.sh CARD_GB "NN NN ..." [WHEEL_FOLDER ...]
 #   e.g. LLMKIT_COMMIT=abc1234 bash benchmarks/realmode_device.sh 24 "06 09" .whl .whlz
 # CALL_LIMIT_S (default 590): the device call's timeout_s. Each notebook's time limit is cut to what is left of it, so
@@ -24,6 +24,12 @@ source benchmarks/device_setup.sh "$@"
 models=; [ -n "$(echo " $notebooks " | sed 's/ 03 / /g' | tr -d ' ')" ] && models="Qwen/Qwen2-7B-Instruct"
 case " $notebooks " in *" 03 "*) models="$models Qwen/Qwen2-72B-Instruct-GPTQ-Int4 Qwen/Qwen1.5-7B-Chat-GPTQ-Int4" ;; esac
 case " $notebooks " in *" 04 "*) models="$models xverse/XVERSE-7B-Chat" ;; esac
+# At most 8 files come back from $OUT (.library/device/README.md: a call with two cards' logs, executed notebooks and
+# fault stacks brought none of its realmode_80gb.json): what is not a result file goes into one archive per card.
+pack() {
+  (cd "$OUT" && tar czf "logs_${card}gb.tar.gz" --remove-files -- *_"${card}"gb.log rehearse.log nb 2>/dev/null)
+}
+trap pack EXIT
 start=$(date +%s)
 # shellcheck disable=SC2086  # one argument per model id
 python3 -m llmkit.cli rehearse $models >"$OUT/rehearse.log" 2>&1 || { tail -5 "$OUT/rehearse.log"; exit 1; }
