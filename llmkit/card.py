@@ -69,19 +69,17 @@ def effective_gib(card: float, real_total_bytes: int) -> float:
     """The size in GiB that emulating a ``card``-GB card means on a GPU of ``real_total_bytes``: ``card`` itself on a
     bigger GPU, the GPU's own size where ``card`` is its label (an 80 GB H100 shows CUDA 79.2 GiB).
 
-    >>> effective_gib(24, 140 * GIB), effective_gib(80, int(79.2 * GIB))
-    (24, 79.2)
+    >>> effective_gib(24, 140 * GIB), effective_gib(80, 79 * GIB)
+    (24, 79.0)
     >>> effective_gib(200, 140 * GIB)
     Traceback (most recent call last):
     ...
     llmkit.errors.BadInput: LLMKIT_CARD_GB=200 is larger than this GPU (140.0 GiB): emulate a smaller card or unset it
     """
     real = real_total_bytes / GIB
-    if card <= real:
-        return card
-    if card <= real * (1 + LABEL_TOLERANCE):
-        return round(real, 2)
-    raise BadInput(f"{CARD_ENV}={card:g} is larger than this GPU ({real:.1f} GiB): emulate a smaller card or unset it")
+    if card > real * (1 + LABEL_TOLERANCE):
+        raise BadInput(f"{CARD_ENV}={card:g} is larger than this GPU ({real:.1f} GiB): emulate a smaller card or unset it")
+    return min(card, real)
 
 
 def allocator_fraction(card: float, real_total_bytes: int) -> float:
