@@ -39,6 +39,9 @@ VARIANTS = {
     "notebook 09's imports, a figure after the load": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {}, {"after": FIGURE}),
     "notebook 09's imports, a figure after close()": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {},
                                                        {"after": f"llm.close(); {FIGURE}"}),
+    # what the llama.cpp kernel's launcher does since that crash (llmkit/deploy/llamacpp_kernel.py)
+    "Agg before the load, a figure after the load": (f"import llama_cpp; import matplotlib_inline.backend_inline; "
+                                                     f"{NOTEBOOK_09_IMPORTS}", {}, {"after": FIGURE}),
 }
 
 

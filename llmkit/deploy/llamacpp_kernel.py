@@ -4,8 +4,11 @@ Why it exists: with llama-cpp-python built for CUDA, loading a model crashed (SI
 ``LlamaModel.__init__``) in every process that had loaded pyzmq or numpy before llama.cpp's libraries. A Jupyter
 kernel imports pyzmq before its first cell runs, so no import order inside the notebook can avoid it; a kernel that
 loads llama.cpp first, then starts ipykernel, loads and runs the model (measured on an H200 with llama-cpp-python
-0.3.36, pyzmq 27.3.0: ``benchmarks/GPU_NOTES.md``). On a CPU build the order changes nothing, and the kernel is the
-same as the course's own. ``bash setup.sh llama-cpp`` registers it as "Python (llmkit + llama.cpp)".
+0.3.36, pyzmq 27.3.0: ``benchmarks/GPU_NOTES.md``). The same kernel then died at the notebook's first figure, in
+the import of matplotlib's Agg extension (``matplotlib.backends._backend_agg``) after the GGUF models had run on the
+GPU; the libraries loaded after llama.cpp's and before a model (the notebook's own imports) had all been fine, so the
+launcher loads the inline backend, which loads Agg, there too. On a CPU build the order changes nothing, and the
+kernel is the same as the course's own. ``bash setup.sh llama-cpp`` registers it as "Python (llmkit + llama.cpp)".
 
     python -m llmkit.deploy.llamacpp_kernel install          # register it with Jupyter (setup.sh does this)
     python -m llmkit.deploy.llamacpp_kernel -f CONNECTION    # what Jupyter runs to start it
@@ -46,8 +49,9 @@ def install(prefix: str | None = None) -> str:
 
 
 def launch() -> None:
-    """Load llama.cpp's libraries, then run an IPython kernel with this process's arguments (``-f CONNECTION``)."""
+    """Load llama.cpp's libraries, then matplotlib's Agg, then run an IPython kernel (``-f CONNECTION``)."""
     import llama_cpp  # noqa: F401  first: see the module docstring
+    import matplotlib_inline.backend_inline  # noqa: F401  Agg's extension before any model runs: the docstring says why
 
     from ipykernel import kernelapp
 
