@@ -4,7 +4,7 @@ variant names, loads the GGUF with all layers on the GPU and generates 4 tokens;
 lines of a fault are recorded in JSON.
 
     python benchmarks/llamacpp_crash_probe.py model-f16.gguf --out $OUT/llamacpp_crash_probe.json
-    python benchmarks/llamacpp_crash_probe.py model-f16.gguf --only figure --out ...   # variants whose name has "figure"
+    python benchmarks/llamacpp_crash_probe.py model-f16.gguf --only after --out ...   # variants whose name has "after"
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ VARIANTS = {
     # what the llama.cpp kernel's launcher does since that crash (llmkit/deploy/llamacpp_kernel.py)
     "Agg before the load, a figure after the load": (f"import llama_cpp; import matplotlib_inline.backend_inline; "
                                                      f"{NOTEBOOK_09_IMPORTS}", {}, {"after": FIGURE}),
+    # another C++ extension first loaded after the load (numpy's FFT): is it Agg, or any native library loaded late?
+    "notebook 09's imports, numpy's C++ FFT after the load": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {},
+                                                              {"after": "import numpy.fft; print(len(numpy.fft.fft([1.0, 2.0])) == 2)"}),
 }
 
 
