@@ -40,7 +40,7 @@ VARIANTS = {
     "notebook 09's imports, a figure after close()": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {},
                                                        {"after": f"llm.close(); {FIGURE}"}),
     # what the llama.cpp kernel's launcher does since that crash (llmkit/deploy/llamacpp_kernel.py)
-    "Agg before the load, a figure after the load": (f"import llama_cpp; import matplotlib_inline.backend_inline; "
+    "Agg before the load, a figure after the load": (f"import llama_cpp; import matplotlib.backends.backend_agg; "
                                                      f"{NOTEBOOK_09_IMPORTS}", {}, {"after": FIGURE}),
     # another C++ extension first loaded after the load (numpy's FFT): is it Agg, or any native library loaded late?
     "notebook 09's imports, numpy's C++ FFT after the load": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {},

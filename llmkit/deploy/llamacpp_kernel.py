@@ -7,8 +7,8 @@ loads llama.cpp first, then starts ipykernel, loads and runs the model (measured
 0.3.36, pyzmq 27.3.0: ``benchmarks/GPU_NOTES.md``). The same kernel then died at the notebook's first figure, in
 the import of matplotlib's Agg extension (``matplotlib.backends._backend_agg``) after the GGUF models had run on the
 GPU; the libraries loaded after llama.cpp's and before a model (the notebook's own imports) had all been fine, so the
-launcher loads the inline backend, which loads Agg, there too. On a CPU build the order changes nothing, and the
-kernel is the same as the course's own. ``bash setup.sh llama-cpp`` registers it as "Python (llmkit + llama.cpp)".
+launcher loads Agg there too. It first sets ``MPLBACKEND`` as ipykernel would (matplotlib reads it when imported), so
+figures still show inline. On a CPU build the order changes nothing, and the kernel is the same as the course's own. ``bash setup.sh llama-cpp`` registers it as "Python (llmkit + llama.cpp)".
 
     python -m llmkit.deploy.llamacpp_kernel install          # register it with Jupyter (setup.sh does this)
     python -m llmkit.deploy.llamacpp_kernel -f CONNECTION    # what Jupyter runs to start it
@@ -17,6 +17,7 @@ kernel is the same as the course's own. ``bash setup.sh llama-cpp`` registers it
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -51,7 +52,10 @@ def install(prefix: str | None = None) -> str:
 def launch() -> None:
     """Load llama.cpp's libraries, then matplotlib's Agg, then run an IPython kernel (``-f CONNECTION``)."""
     import llama_cpp  # noqa: F401  first: see the module docstring
-    import matplotlib_inline.backend_inline  # noqa: F401  Agg's extension before any model runs: the docstring says why
+
+    if not os.environ.get("MPLBACKEND"):  # ipykernel's default, set before matplotlib is imported (it reads it then)
+        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    import matplotlib.backends.backend_agg  # noqa: F401  Agg's extension before any model runs: the docstring says why
 
     from ipykernel import kernelapp
 

@@ -16,12 +16,15 @@ def test_the_kernelspec_starts_the_module_with_this_python(tmp_path):
     assert spec["argv"][1:3] == ["-m", "llmkit.deploy.llamacpp_kernel"] and "{connection_file}" in spec["argv"]
 
 
-def test_in_the_kernel_llama_cpp_was_loaded_before_zmq_and_agg_before_the_first_cell(tmp_path, monkeypatch):
+def test_in_the_kernel_llama_cpp_was_loaded_before_agg_and_zmq_and_figures_show_inline(tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `bash setup.sh llama-cpp`")
     llamacpp_kernel.install(prefix=str(tmp_path))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
     probe = ("import sys\nloaded = list(sys.modules)\n"
              "print(loaded.index('llama_cpp') < loaded.index('matplotlib.backends._backend_agg') < loaded.index('zmq'))")
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(probe)])
+    figure = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\nplt.show()"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(probe), nbformat.v4.new_code_cell(figure)])
     NotebookClient(nb, timeout=120, kernel_name=llamacpp_kernel.KERNEL_NAME).execute()
     assert nb.cells[0].outputs[0]["text"].strip() == "True"
+    assert [o["output_type"] for o in nb.cells[1].outputs] == ["display_data"]  # shown inline, as in any kernel
+    assert "image/png" in nb.cells[1].outputs[0]["data"]
