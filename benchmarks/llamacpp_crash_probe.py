@@ -24,6 +24,7 @@ NOTEBOOK_09_IMPORTS = "import matplotlib.pyplot; import llmkit; from llmkit.depl
 # notebook 09's kernel died at its first figure, after the models were loaded and closed (GPU_NOTES.md, 2026-12-04)
 FIGURE = ("import matplotlib.pyplot as plt; fig, ax = plt.subplots(); ax.bar(['a', 'b'], [1.0, 2.0]); "
           "fig.savefig('/tmp/llamacpp_probe.png'); print(True)")
+FFT = "import numpy.fft; print(len(numpy.fft.fft([1.0, 2.0])) == 2)"  # a C++ extension that numpy loads only on use
 # name: (imports before the load, extra environment, load settings; "after": code run after the load)
 VARIANTS = {
     "llama_cpp only": ("import llama_cpp", {}, {}),
@@ -43,8 +44,7 @@ VARIANTS = {
     "Agg before the load, a figure after the load": (f"import llama_cpp; import matplotlib.backends.backend_agg; "
                                                      f"{NOTEBOOK_09_IMPORTS}", {}, {"after": FIGURE}),
     # another C++ extension first loaded after the load (numpy's FFT): is it Agg, or any native library loaded late?
-    "notebook 09's imports, numpy's C++ FFT after the load": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {},
-                                                              {"after": "import numpy.fft; print(len(numpy.fft.fft([1.0, 2.0])) == 2)"}),
+    "notebook 09's imports, numpy's C++ FFT after the load": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {}, {"after": FFT}),
 }
 
 

@@ -8,7 +8,8 @@ loads llama.cpp first, then starts ipykernel, loads and runs the model (measured
 the import of matplotlib's Agg extension (``matplotlib.backends._backend_agg``) after the GGUF models had run on the
 GPU; the libraries loaded after llama.cpp's and before a model (the notebook's own imports) had all been fine, so the
 launcher loads Agg there too. It first sets ``MPLBACKEND`` as ipykernel would (matplotlib reads it when imported), so
-figures still show inline. On a CPU build the order changes nothing, and the kernel is the same as the course's own. ``bash setup.sh llama-cpp`` registers it as "Python (llmkit + llama.cpp)".
+figures still show inline. On a CPU build the order changes nothing, and the kernel is the same as the course's own.
+``bash setup.sh llama-cpp`` registers it as "Python (llmkit + llama.cpp)".
 
     python -m llmkit.deploy.llamacpp_kernel install          # register it with Jupyter (setup.sh does this)
     python -m llmkit.deploy.llamacpp_kernel -f CONNECTION    # what Jupyter runs to start it

@@ -20,7 +20,7 @@ def test_in_the_kernel_llama_cpp_was_loaded_before_agg_and_zmq_and_figures_show_
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `bash setup.sh llama-cpp`")
     llamacpp_kernel.install(prefix=str(tmp_path))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
-    monkeypatch.delenv("MPLBACKEND", raising=False)  # as Jupyter starts a kernel (importing streamlit here sets "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # as Jupyter starts a kernel (an import of streamlit sets "Agg")
     probe = ("import sys\nloaded = list(sys.modules)\n"
              "print(loaded.index('llama_cpp') < loaded.index('matplotlib.backends._backend_agg') < loaded.index('zmq'))")
     figure = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\nplt.show()"
