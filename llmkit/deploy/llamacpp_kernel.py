@@ -51,12 +51,11 @@ def install(prefix: str | None = None) -> str:
 
 
 def launch() -> None:
-    """Load llama.cpp's libraries, then matplotlib's Agg, then run an IPython kernel (``-f CONNECTION``)."""
-    import llama_cpp  # noqa: F401  first: see the module docstring
-
+    """Load matplotlib's Agg, then llama.cpp's libraries, then run an IPython kernel (``-f CONNECTION``)."""
     if not os.environ.get("MPLBACKEND"):  # ipykernel's default, set before matplotlib is imported (it reads it then)
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    import matplotlib.backends.backend_agg  # noqa: F401  Agg's extension before any model runs: the docstring says why
+    import matplotlib.backends.backend_agg  # noqa: F401  before llama.cpp's CUDA build: the module docstring says why
+    import llama_cpp  # noqa: F401  before ipykernel: see the module docstring
 
     from ipykernel import kernelapp
 
