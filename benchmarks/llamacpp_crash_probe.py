@@ -1,16 +1,21 @@
-"""Which imports and settings make llama-cpp-python's CUDA build crash when it loads a model (notebook 09 on the
-GPU machine: a segmentation fault in libggml-cuda). Each variant runs in its own process: it imports what the
-variant names, loads the GGUF with all layers on the GPU and generates 4 tokens; the exit code and the last
-lines of a fault are recorded in JSON.
+"""Which imports and settings make llama-cpp-python's CUDA build crash (notebook 09 on the GPU machine: segmentation
+faults in libggml-cuda's model load, and in the import of matplotlib's Agg extension). Each variant runs in its own
+process: it imports what the variant names, loads the GGUF with all layers on the GPU and generates 4 tokens; the
+exit code and the last lines of a fault are recorded in JSON.
 
     python benchmarks/llamacpp_crash_probe.py model-f16.gguf --out $OUT/llamacpp_crash_probe.json
-    python benchmarks/llamacpp_crash_probe.py model-f16.gguf --only after --out ...   # variants whose name has "after"
+    python benchmarks/llamacpp_crash_probe.py model-f16.gguf --only Agg --out ...   # variants whose name has "Agg"
+
+Found so far (GPU_NOTES.md): numpy, pyzmq or ipykernel imported before llama_cpp crash the load, unless
+libggml-cuda is preloaded; the Agg extension imported after llama_cpp crashes at its import, and imported before
+llama_cpp the load crashes (2026-12-06, H100).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import shutil
@@ -21,31 +26,55 @@ from pathlib import Path
 LOAD = ("llm = llama_cpp.Llama(model_path={path!r}, n_ctx=512, n_gpu_layers={layers}, flash_attn={flash}, "
         "use_mmap={mmap}, verbose=False); print(llm('Hi', max_tokens=4)['choices'][0]['text'] is not None)")
 NOTEBOOK_09_IMPORTS = "import matplotlib.pyplot; import llmkit; from llmkit.deploy import gguf; llmkit.pick_model('Qwen/Qwen2-7B-Instruct')"
-# notebook 09's kernel died at its first figure, after the models were loaded and closed (GPU_NOTES.md, 2026-12-04)
 FIGURE = ("import matplotlib.pyplot as plt; fig, ax = plt.subplots(); ax.bar(['a', 'b'], [1.0, 2.0]); "
           "fig.savefig('/tmp/llamacpp_probe.png'); print(True)")
-FFT = "import numpy.fft; print(len(numpy.fft.fft([1.0, 2.0])) == 2)"  # a C++ extension that numpy loads only on use
+AGG = "import matplotlib.backends.backend_agg"
+
+
+def llama_libs() -> str:
+    """llama-cpp-python's own shared libraries, ggml's first (for LD_PRELOAD), without importing llama_cpp."""
+    import importlib.util
+
+    folder = Path(importlib.util.find_spec("llama_cpp").origin).parent / "lib"
+    names = ["libggml-base.so", "libggml-cpu.so", "libggml-cuda.so", "libggml.so", "libllama.so"]
+    return " ".join(str(folder / n) for n in names if (folder / n).exists())
+
+
+def libstdcxx() -> str:
+    """The system's libstdc++ (for LD_PRELOAD)."""
+    return next(iter(sorted(glob.glob("/lib/x86_64-linux-gnu/libstdc++.so.6*"))), "libstdc++.so.6")
+
+
+PRELOAD_CUDA = {"LD_PRELOAD": "{ggml_cuda}"}
+PRELOAD_ALL = {"LD_PRELOAD": "{llama_libs}"}
 # name: (imports before the load, extra environment, load settings; "after": code run after the load)
 VARIANTS = {
     "llama_cpp only": ("import llama_cpp", {}, {}),
-    "llama_cpp, then numpy": ("import llama_cpp; import numpy", {}, {}),
     "numpy, then llama_cpp": ("import numpy; import llama_cpp", {}, {}),
-    "llama_cpp, then numpy; GGML_CUDA_NO_PINNED=1": ("import llama_cpp; import numpy", {"GGML_CUDA_NO_PINNED": "1"}, {}),
-    "llama_cpp, then numpy; n_gpu_layers=0": ("import llama_cpp; import numpy", {}, {"layers": 0}),
-    "llama_cpp, then numpy; use_mmap=False": ("import llama_cpp; import numpy", {}, {"mmap": False}),
-    "llama_cpp, then numpy; GGML_CUDA_DISABLE_GRAPHS=1": ("import llama_cpp; import numpy", {"GGML_CUDA_DISABLE_GRAPHS": "1"}, {}),
-    "llama_cpp, then numpy; OMP_NUM_THREADS=1": ("import llama_cpp; import numpy", {"OMP_NUM_THREADS": "1"}, {}),
-    "notebook 09's imports": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {}, {}),
-    "notebook 09's imports; GGML_CUDA_NO_PINNED=1": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {"GGML_CUDA_NO_PINNED": "1"}, {}),
-    "notebook 09's imports, a figure after the load": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {}, {"after": FIGURE}),
-    "notebook 09's imports, a figure after close()": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {},
-                                                       {"after": f"llm.close(); {FIGURE}"}),
-    # what the llama.cpp kernel's launcher does since that crash (llmkit/deploy/llamacpp_kernel.py)
-    "Agg before the load, a figure after the load": (f"import llama_cpp; import matplotlib.backends.backend_agg; "
-                                                     f"{NOTEBOOK_09_IMPORTS}", {}, {"after": FIGURE}),
-    # another C++ extension first loaded after the load (numpy's FFT): is it Agg, or any native library loaded late?
-    "notebook 09's imports, numpy's C++ FFT after the load": (f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", {}, {"after": FFT}),
+    "numpy, then llama_cpp; libggml-cuda preloaded": ("import numpy; import llama_cpp", PRELOAD_CUDA, {}),
+    "llama_cpp, then Agg": (f"import llama_cpp; {AGG}", {}, {}),
+    "llama_cpp, then Agg; libggml-cuda preloaded": (f"import llama_cpp; {AGG}", PRELOAD_CUDA, {}),
+    "llama_cpp, then Agg; llama.cpp's libraries preloaded": (f"import llama_cpp; {AGG}", PRELOAD_ALL, {}),
+    "llama_cpp, then Agg; libstdc++ preloaded": (f"import llama_cpp; {AGG}", {"LD_PRELOAD": "{libstdcxx}"}, {}),
+    "llama_cpp, then Agg; CUDA_VISIBLE_DEVICES=''": (f"import llama_cpp; {AGG}", {"CUDA_VISIBLE_DEVICES": ""},
+                                                   {"layers": 0}),
+    "Agg, then llama_cpp": (f"{AGG}; import llama_cpp", {}, {}),
+    "Agg, then llama_cpp; n_gpu_layers=0": (f"{AGG}; import llama_cpp", {}, {"layers": 0}),
+    "Agg, then llama_cpp; libggml-cuda preloaded": (f"{AGG}; import llama_cpp", PRELOAD_CUDA, {}),
+    "Agg, then llama_cpp; llama.cpp's libraries preloaded": (f"{AGG}; import llama_cpp", PRELOAD_ALL, {}),
+    "notebook 09's imports, a figure after the load; libggml-cuda preloaded": (
+        f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", PRELOAD_CUDA, {"after": FIGURE}),
+    "notebook 09's imports, a figure after the load; llama.cpp's libraries preloaded": (
+        f"import llama_cpp; {NOTEBOOK_09_IMPORTS}", PRELOAD_ALL, {"after": FIGURE}),
 }
+
+
+def expand(env: dict) -> dict:
+    """The variant's environment with the library paths filled in."""
+    libs = llama_libs().split()
+    paths = {"llama_libs": " ".join(libs), "ggml_cuda": next((lib for lib in libs if "ggml-cuda" in lib), ""),
+             "libstdcxx": libstdcxx()}
+    return {key: value.format(**paths) for key, value in env.items()}
 
 
 def run_variant(gguf: Path, imports: str, env: dict, settings: dict, timeout_s: int = 90) -> dict:
@@ -53,7 +82,7 @@ def run_variant(gguf: Path, imports: str, env: dict, settings: dict, timeout_s: 
     after = f"; {settings['after']}" if "after" in settings else ""
     try:
         done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", f"{imports}; {load}{after}"], capture_output=True,
-                              text=True, env={**os.environ, **env}, timeout=timeout_s)
+                              text=True, env={**os.environ, **expand(env)}, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"exit_code": None, "ok": False, "stderr_tail": [f"no answer within {timeout_s} s"]}
     return {"exit_code": done.returncode, "ok": done.returncode == 0 and done.stdout.strip().endswith("True"),
@@ -61,11 +90,11 @@ def run_variant(gguf: Path, imports: str, env: dict, settings: dict, timeout_s: 
 
 
 def fix_env(results: dict) -> dict:
-    """The environment of the first variant that passed where the same imports without it crashed ({} if none)."""
+    """The environment (paths filled in) of the first variant with notebook 09's imports and a figure after the
+    load that passed ({} if none): what the llama.cpp kernel needs."""
     for name, (imports, env, settings) in VARIANTS.items():
-        plain = next((n for n, (i, e, st) in VARIANTS.items() if i == imports and not e and not st), None)
-        if env and name in results and plain in results and results[name]["ok"] and not results[plain]["ok"]:
-            return env
+        if env and "after" in settings and results.get(name, {}).get("ok"):
+            return expand(env)
     return {}
 
 

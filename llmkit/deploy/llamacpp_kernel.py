@@ -6,9 +6,11 @@ kernel imports pyzmq before its first cell runs, so no import order inside the n
 loads llama.cpp first, then starts ipykernel, loads and runs the model (measured on an H200 with llama-cpp-python
 0.3.36, pyzmq 27.3.0: ``benchmarks/GPU_NOTES.md``). The same kernel then died at the notebook's first figure, in
 the import of matplotlib's Agg extension (``matplotlib.backends._backend_agg``) after the GGUF models had run on the
-GPU; the libraries loaded after llama.cpp's and before a model (the notebook's own imports) had all been fine, so the
-launcher loads Agg there too. It first sets ``MPLBACKEND`` as ipykernel would (matplotlib reads it when imported), so
-figures still show inline. On a CPU build the order changes nothing, and the kernel is the same as the course's own.
+GPU, and in a plain process ``import llama_cpp`` followed by that import crashes at once; imported before
+llama_cpp, Agg made the model load crash instead (an H100, 2026-12-06). Preloading ``libggml-cuda.so`` had avoided
+the pyzmq/numpy crash, so on a CUDA build the kernelspec sets ``LD_PRELOAD`` to it. The launcher also sets
+``MPLBACKEND`` as ipykernel would before it loads Agg (matplotlib reads it when imported), so figures show inline.
+On a CPU build neither changes anything, and the kernel is the same as the course's own.
 ``bash setup.sh llama-cpp`` registers it as "Python (llmkit + llama.cpp)".
 
     python -m llmkit.deploy.llamacpp_kernel install          # register it with Jupyter (setup.sh does this)
@@ -27,14 +29,30 @@ KERNEL_NAME = "llmkit-llamacpp"
 DISPLAY_NAME = "Python (llmkit + llama.cpp)"
 
 
-def kernel_json(python: str = sys.executable) -> dict:
-    """The kernelspec: Jupyter starts this module with ``python``.
+def ggml_cuda_library() -> str:
+    """The path of llama-cpp-python's ``libggml-cuda.so`` ("" for a CPU build or none installed); not imported.
 
-    >>> kernel_json("/venv/bin/python")["argv"]
+    >>> ggml_cuda_library()  # doctest: +SKIP
+    '/course/.venv/lib/python3.11/site-packages/llama_cpp/lib/libggml-cuda.so'
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_cpp")
+    library = Path(spec.origin).parent / "lib" / "libggml-cuda.so" if spec and spec.origin else None
+    return str(library) if library and library.exists() else ""
+
+
+def kernel_json(python: str = sys.executable, preload: str | None = None) -> dict:
+    """The kernelspec: Jupyter starts this module with ``python``, with ``preload`` (default: llama.cpp's CUDA
+    library, if built) in ``LD_PRELOAD``.
+
+    >>> kernel_json("/venv/bin/python", preload="")["argv"]
     ['/venv/bin/python', '-m', 'llmkit.deploy.llamacpp_kernel', '-f', '{connection_file}']
     """
+    preload = ggml_cuda_library() if preload is None else preload
     return {"argv": [python, "-m", "llmkit.deploy.llamacpp_kernel", "-f", "{connection_file}"],
-            "display_name": DISPLAY_NAME, "language": "python", "metadata": {"debugger": True}}
+            "display_name": DISPLAY_NAME, "language": "python", "metadata": {"debugger": True},
+            **({"env": {"LD_PRELOAD": preload}} if preload else {})}
 
 
 def install(prefix: str | None = None) -> str:
@@ -51,11 +69,12 @@ def install(prefix: str | None = None) -> str:
 
 
 def launch() -> None:
-    """Load matplotlib's Agg, then llama.cpp's libraries, then run an IPython kernel (``-f CONNECTION``)."""
+    """Load llama.cpp's libraries, then matplotlib's Agg, then run an IPython kernel (``-f CONNECTION``)."""
+    import llama_cpp  # noqa: F401  first: see the module docstring
+
     if not os.environ.get("MPLBACKEND"):  # ipykernel's default, set before matplotlib is imported (it reads it then)
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    import matplotlib.backends.backend_agg  # noqa: F401  before llama.cpp's CUDA build: the module docstring says why
-    import llama_cpp  # noqa: F401  before ipykernel: see the module docstring
+    import matplotlib.backends.backend_agg  # noqa: F401  before ipykernel: the module docstring says why
 
     from ipykernel import kernelapp
 
