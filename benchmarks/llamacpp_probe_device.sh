@@ -17,7 +17,7 @@ from llmkit.deploy import gguf
 real = snapshot_download("Qwen/Qwen2-7B-Instruct", local_files_only=True)
 config = AutoConfig.from_pretrained(real)
 config.update({"num_hidden_layers": 2, "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4,
-               "num_key_value_heads": 2})
+               "num_key_value_heads": 2, "layer_types": config.layer_types[:2]})
 AutoModelForCausalLM.from_config(config, dtype=torch.float16).save_pretrained("/tmp/probe/small")
 AutoTokenizer.from_pretrained(real).save_pretrained("/tmp/probe/small")
 print("GGUF:", gguf.convert("/tmp/probe/small", "/tmp/probe/model-f16.gguf", overwrite=True))

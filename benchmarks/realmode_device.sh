@@ -31,9 +31,17 @@ pack() {
 }
 trap pack EXIT
 start=$(date +%s)
+# 03 loads GPTQ models: gptqmodel compiles its Marlin kernels on first use (about 4 min on 16 cores; 03 at 80 GB hit
+# its 300 s cell limit compiling them beside a llama.cpp build). A learner's notebook 00 (the doctor) has built them
+# before 03; without 00 in the list, build them the same way here, beside the rehearsal.
+marlin=
+case " $notebooks " in *" 03 "*) case " $notebooks " in *" 00 "*) ;; *)
+  python3 -c "from llmkit.environment.env import GPTQ_KERNEL_CHECK; exec(GPTQ_KERNEL_CHECK)" \
+    >"$OUT/marlin_${card}gb.log" 2>&1 & marlin=$! ;; esac ;; esac
 # shellcheck disable=SC2086  # one argument per model id
 python3 -m llmkit.cli rehearse $models >"$OUT/rehearse.log" 2>&1 || { tail -5 "$OUT/rehearse.log"; exit 1; }
 echo "rehearsal checkpoints ($models): $(( $(date +%s) - start )) s"
+[ -n "$marlin" ] && { wait "$marlin"; echo "Marlin: $(tail -1 "$OUT/marlin_${card}gb.log") after $(( $(date +%s) - start )) s"; }
 
 run() {
   local limit=${NOTEBOOK_TIMEOUT:-480} left=$(( ${CALL_LIMIT_S:-590} - ($(date +%s) - call_start) - 20 ))
