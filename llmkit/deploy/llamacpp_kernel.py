@@ -8,7 +8,8 @@ loads llama.cpp first, then starts ipykernel, loads and runs the model (measured
 the import of matplotlib's Agg extension (``matplotlib.backends._backend_agg``) after the GGUF models had run on the
 GPU, and in a plain process ``import llama_cpp`` followed by that import crashes at once; imported before
 llama_cpp, Agg made the model load crash instead (an H100, 2026-12-06). Preloading ``libggml-cuda.so`` had avoided
-the pyzmq/numpy crash, so on a CUDA build the kernelspec sets ``LD_PRELOAD`` to it. The launcher also sets
+the pyzmq/numpy crash, so on a CUDA build the kernelspec sets ``LD_PRELOAD`` to it, and the launcher loads Agg right
+after llama.cpp: so started, notebook 09 runs to the end on an H100, figures included. The launcher sets
 ``MPLBACKEND`` as ipykernel would before it loads Agg (matplotlib reads it when imported), so figures show inline.
 On a CPU build neither changes anything, and the kernel is the same as the course's own.
 ``bash setup.sh llama-cpp`` registers it as "Python (llmkit + llama.cpp)".
