@@ -31,17 +31,24 @@ pack() {
 }
 trap pack EXIT
 start=$(date +%s)
-# 03 loads GPTQ models: gptqmodel compiles its Marlin kernels on first use (about 4 min on 16 cores; 03 at 80 GB hit
-# its 300 s cell limit compiling them beside a llama.cpp build). A learner's notebook 00 (the doctor) has built them
-# before 03; without 00 in the list, build them the same way here, beside the rehearsal.
+# 03 loads GPTQ models: gptqmodel compiles its Marlin kernels (one per dtype) on first use, minutes each (03 at 80 GB
+# hit its 300 s cell limit compiling them beside a llama.cpp build). A learner's notebook 00 (the doctor) has built
+# the fp16 one before 03; without 00 in the list, build both here, beside the rehearsal, one process per dtype.
 marlin=
 case " $notebooks " in *" 03 "*) case " $notebooks " in *" 00 "*) ;; *)
-  python3 -c "from llmkit.environment.env import GPTQ_KERNEL_CHECK; exec(GPTQ_KERNEL_CHECK)" \
-    >"$OUT/marlin_${card}gb.log" 2>&1 & marlin=$! ;; esac ;; esac
+  for dtype in bfloat16 float16; do
+    python3 -c "import torch; from gptqmodel.utils.marlin import prewarm_marlin_extension as build
+print('Marlin $dtype built:', build(torch.$dtype))" >"$OUT/marlin_${dtype}_${card}gb.log" 2>&1 &
+    marlin="$marlin $!"
+  done ;; esac ;; esac
 # shellcheck disable=SC2086  # one argument per model id
 python3 -m llmkit.cli rehearse $models >"$OUT/rehearse.log" 2>&1 || { tail -5 "$OUT/rehearse.log"; exit 1; }
 echo "rehearsal checkpoints ($models): $(( $(date +%s) - start )) s"
-[ -n "$marlin" ] && { wait "$marlin"; echo "Marlin: $(tail -1 "$OUT/marlin_${card}gb.log") after $(( $(date +%s) - start )) s"; }
+if [ -n "$marlin" ]; then
+  # shellcheck disable=SC2086  # one argument per process id
+  wait $marlin
+  echo "$(tail -qn1 "$OUT"/marlin_*_"${card}"gb.log | paste -sd' ') after $(( $(date +%s) - start )) s"
+fi
 
 run() {
   local limit=${NOTEBOOK_TIMEOUT:-480} left=$(( ${CALL_LIMIT_S:-590} - ($(date +%s) - call_start) - 20 ))
