@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llmkit.deploy.llamacpp_kernel import ggml_cuda_library  # what the llama.cpp kernel preloads
+
 LOAD = ("llm = llama_cpp.Llama(model_path={path!r}, n_ctx=512, n_gpu_layers={layers}, flash_attn={flash}, "
         "use_mmap={mmap}, verbose=False); print(llm('Hi', max_tokens=4)['choices'][0]['text'] is not None)")
 NOTEBOOK_09_IMPORTS = "import matplotlib.pyplot; import llmkit; from llmkit.deploy import gguf; llmkit.pick_model('Qwen/Qwen2-7B-Instruct')"
@@ -71,9 +73,7 @@ VARIANTS = {
 
 def expand(env: dict) -> dict:
     """The variant's environment with the library paths filled in."""
-    libs = llama_libs().split()
-    paths = {"llama_libs": " ".join(libs), "ggml_cuda": next((lib for lib in libs if "ggml-cuda" in lib), ""),
-             "libstdcxx": libstdcxx()}
+    paths = {"llama_libs": llama_libs(), "ggml_cuda": ggml_cuda_library(), "libstdcxx": libstdcxx()}
     return {key: value.format(**paths) for key, value in env.items()}
 
 

@@ -43,14 +43,14 @@ def ggml_cuda_library() -> str:
     return str(library) if library and library.exists() else ""
 
 
-def kernel_json(python: str = sys.executable, preload: str | None = None) -> dict:
-    """The kernelspec: Jupyter starts this module with ``python``, with ``preload`` (default: llama.cpp's CUDA
-    library, if built) in ``LD_PRELOAD``.
+def kernel_json(python: str = sys.executable) -> dict:
+    """The kernelspec: Jupyter starts this module with ``python``, with llama.cpp's CUDA library (if built) in
+    ``LD_PRELOAD``.
 
-    >>> kernel_json("/venv/bin/python", preload="")["argv"]
+    >>> kernel_json("/venv/bin/python")["argv"]
     ['/venv/bin/python', '-m', 'llmkit.deploy.llamacpp_kernel', '-f', '{connection_file}']
     """
-    preload = ggml_cuda_library() if preload is None else preload
+    preload = ggml_cuda_library()
     return {"argv": [python, "-m", "llmkit.deploy.llamacpp_kernel", "-f", "{connection_file}"],
             "display_name": DISPLAY_NAME, "language": "python", "metadata": {"debugger": True},
             **({"env": {"LD_PRELOAD": preload}} if preload else {})}
