@@ -48,7 +48,9 @@ import importlib, importlib.util, torch
 name = "vllm._C" if importlib.util.find_spec("vllm._C") else "vllm._C_stable_libtorch"
 importlib.import_module(name)
 print(f"{name} imported: torch {torch.__version__}, CUDA {torch.version.cuda}, GPU available {torch.cuda.is_available()}")
-for extra in ("vllm._moe_C_stable_libtorch", "vllm.vllm_flash_attn._vllm_fa3_C"):
+# flashinfer.quantization: the engine imports it at start-up; with cutlass-dsl carried but no CUDA flavour of its
+# libraries its import raised RuntimeError (GPU_NOTES.md, 2026-12-06 fifth)
+for extra in ("vllm._moe_C_stable_libtorch", "vllm.vllm_flash_attn._vllm_fa3_C", "flashinfer.quantization"):
     try:
         importlib.import_module(extra); print(f"{extra} imported")
     except Exception as e:  # noqa: BLE001 - a report, not a failure

@@ -40,12 +40,16 @@ TOOL=$D/.tool/bin/python
 PLAT="--platform manylinux2014_x86_64"
 for n in $(seq 17 "${MANYLINUX_MAX:-35}"); do PLAT="$PLAT --platform manylinux_2_${n}_x86_64"; done
 # Left out unless SKIP is set: wheels that a bf16 or GPTQ Qwen2 on an H100/H200 never imports (vLLM imports each of
-# them inside the function that needs it), 414 MB, 7 carry calls: the CUDA 12 libraries of cutlass-dsl and its CUDA 13
-# ones (FlashAttention 4's CuTe path, Blackwell), a video decoder and OpenCV (video inputs), tilelang and its z3
-# solver (mHC kernels), tokenspeed (DeepSeek's MLA), and the nvcc/nvvm wheels (the GPU image has a system nvcc, and
-# with VLLM_USE_FLASHINFER_SAMPLER=0 nothing compiles at start-up). `vllm_device.sh install` imports vllm and its
-# compiled ops afterwards, so a wheel left out wrongly shows there.
-DEFAULT_SKIP="nvidia-cutlass-dsl-libs-cu12 nvidia-cutlass-dsl-libs-cu13 pynvvideocodec opencv-python-headless tilelang
+# them inside the function that needs it), 414 MB, 7 carry calls: cutlass-dsl with its CUDA 12 and CUDA 13 libraries
+# (FlashAttention 4's CuTe path, Blackwell; cutlass-dsl itself must go too: without a CUDA flavour its import raises
+# RuntimeError "No CTK flavor installed", which FlashInfer's availability check does not catch, and vLLM's engine
+# failed to start on the H100; without cutlass-dsl FlashInfer reports CuTe DSL unavailable and vLLM starts), a video
+# decoder and OpenCV (video inputs), tilelang and its z3 solver (mHC kernels), tokenspeed (DeepSeek's MLA), and the
+# nvcc/nvvm wheels (the GPU image has a system nvcc, and with VLLM_USE_FLASHINFER_SAMPLER=0 nothing compiles at
+# start-up). `vllm_device.sh install` imports vllm, its compiled ops and FlashInfer's modules that the engine imports
+# at start-up afterwards, so a wheel left out wrongly (or one that breaks an import) shows there.
+DEFAULT_SKIP="nvidia-cutlass-dsl nvidia-cutlass-dsl-libs-base nvidia-cutlass-dsl-libs-core nvidia-cutlass-dsl-libs-cu12
+  nvidia-cutlass-dsl-libs-cu13 pynvvideocodec opencv-python-headless tilelang
   z3-solver tokenspeed-mla tokenspeed-triton nvidia-cuda-nvcc nvidia-nvvm"
 export PLAT D FREEZE SKIP="${SKIP-$DEFAULT_SKIP}"
 export CUDA_PINS="${CUDA_PINS-nvidia-cuda-nvcc<13.1 nvidia-cuda-crt<13.1 nvidia-nvvm<13.1 nvidia-cuda-cccl<13.1}"
