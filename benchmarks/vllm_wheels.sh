@@ -43,7 +43,8 @@ for n in $(seq 17 "${MANYLINUX_MAX:-35}"); do PLAT="$PLAT --platform manylinux_2
 # them inside the function that needs it), 414 MB, 7 carry calls: cutlass-dsl with its CUDA 12 and CUDA 13 libraries
 # (FlashAttention 4's CuTe path, Blackwell; cutlass-dsl itself must go too: without a CUDA flavour its import raises
 # RuntimeError "No CTK flavor installed", which FlashInfer's availability check does not catch, and vLLM's engine
-# failed to start on the H100; without cutlass-dsl FlashInfer reports CuTe DSL unavailable and vLLM starts), a video
+# failed to start on the H100; without cutlass-dsl FlashInfer reports CuTe DSL unavailable and vLLM starts; a learner's
+# `pip install vllm` gets `nvidia-cutlass-dsl[cu13]`, the CUDA 13 flavour, as vLLM's metadata asks), a video
 # decoder and OpenCV (video inputs), tilelang and its z3 solver (mHC kernels), tokenspeed (DeepSeek's MLA), and the
 # nvcc/nvvm wheels (the GPU image has a system nvcc, and with VLLM_USE_FLASHINFER_SAMPLER=0 nothing compiles at
 # start-up). `vllm_device.sh install` imports vllm, its compiled ops and FlashInfer's modules that the engine imports

@@ -19,6 +19,7 @@ import atexit
 import functools
 import importlib.util
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -39,6 +40,8 @@ from llmkit.errors import BadInput, LlmkitError, mask_secrets
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 LOG_TAIL_LINES = 30
+# a Python exception's last line, possibly after a worker's prefix: "(EngineCore pid=7) RuntimeError: ..."
+ERROR_LINE = re.compile(r"\b[A-Z]\w*(?:Error|Exception): ")
 
 
 class ServerFailed(LlmkitError, RuntimeError):
@@ -157,6 +160,17 @@ class Server:
             text = log.read().decode("utf-8", errors="replace")
         return mask_secrets("\n".join(text.splitlines()[-lines:]))
 
+    def first_error(self) -> str | None:
+        """The first line of the log that ends a Python traceback (``SomeError: ...``), secrets masked: the root
+        cause where the last lines only say that a worker failed (vLLM: "See root cause above").
+
+        >>> server.first_error()  # doctest: +SKIP
+        '(EngineCore pid=7232) RuntimeError: No CTK flavor installed: ...'
+        """
+        with open(self.log_path, encoding="utf-8", errors="replace") as log:
+            found = next((line.strip() for line in log if ERROR_LINE.search(line)), None)
+        return mask_secrets(found) if found else None
+
 
 def _warn_about_exposure(host: str) -> None:
     if host not in LOOPBACK_HOSTS:
@@ -261,7 +275,8 @@ def _wait_until_ready(server: Server, ready_path: str, timeout_s: float) -> None
         if not server.running:
             raise ServerFailed(
                 f"the server exited with code {server.process.returncode} before {server.url}{ready_path} answered.\n"
-                f"Command: {shown}\nLast lines of its log ({server.log_path}):\n{server.log_tail()}")
+                f"Command: {shown}\nFirst error in its log: {server.first_error()}\n"
+                f"Last lines of its log ({server.log_path}):\n{server.log_tail()}")
         status = _http_status(server.url + ready_path)
         if status == 200:
             return

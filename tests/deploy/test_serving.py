@@ -202,6 +202,21 @@ def test_a_server_that_exits_at_once_is_reported_with_its_log(tmp_path):
     assert time.monotonic() - start < 30, "a dead server is reported at once, not after the timeout"
 
 
+def test_a_dead_server_is_reported_with_the_first_error_of_its_log_beyond_the_last_lines(tmp_path):
+    # like vLLM: the worker's root cause, then the front end's own traceback, longer than the tail that is shown
+    script = ("import sys; print('(EngineCore pid=7) RuntimeError: No CTK flavor installed'); "
+              "[print(f'(APIServer pid=5)   frame {i}') for i in range(60)]; "
+              "print('RuntimeError: Engine core initialization failed. See root cause above.'); sys.exit(1)")
+    with pytest.raises(serving.ServerFailed) as raised:
+        with serving.serve([sys.executable, "-c", script, "--host", "127.0.0.1", "--port", str(serving.free_port())],
+                           timeout_s=60,
+                           log_path=tmp_path / "server.log"):
+            pytest.fail("the block must not run")
+    message = str(raised.value)
+    assert "First error in its log: (EngineCore pid=7) RuntimeError: No CTK flavor installed\n" in message
+    assert "frame 10\n" not in message and "See root cause above" in message
+
+
 def test_readiness_timeout_is_reported_and_the_server_stopped(tmp_path):
     pid_file = tmp_path / "child.pid"
     with pytest.raises(serving.ServerFailed) as raised:
