@@ -34,5 +34,7 @@ from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 import vllm.entrypoints.openai.api_server
 import vllm.benchmarks.throughput
-print(f"vllm {vllm.__version__}: LLM, SamplingParams, TokensPrompt, the OpenAI server and the throughput benchmark import")
+import flashinfer.quantization  # the engine imports it at start-up (with cutlass-dsl but no CUDA flavour it raised)
+print(f"vllm {vllm.__version__}: LLM, SamplingParams, TokensPrompt, the OpenAI server, the throughput benchmark and "
+      "FlashInfer's quantization module import")
 EOF
