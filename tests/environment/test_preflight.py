@@ -11,7 +11,7 @@ from llmkit.environment.preflight import preflight
 def run(passed=8, failed=0, skips=(), failures=()):
     return {"passed": passed, "failed": failed, "skipped_by_notebook": len(skips), "peak_gpu_gib": 15.5, "wall_s": 80.0,
             "skips": [{"cell": 7, "message": m} for m in skips], "failures": [{"cell": 3, "error": e} for e in failures],
-            "commit": "abc1234"}
+            "commit": "abc1234", "disk_written_gib": 2.5}
 
 
 def test_each_card_says_what_was_measured_or_that_nothing_was(tmp_path, capsys):
@@ -22,6 +22,8 @@ def test_each_card_says_what_was_measured_or_that_nothing_was(tmp_path, capsys):
     rows = preflight("03_x", ["Qwen/Qwen2-72B-Instruct-GPTQ-Int4"], results=tmp_path)
     out = capsys.readouterr().out
     assert "download: Qwen/Qwen2-72B-Instruct-GPTQ-Int4 41.6 GB" in out
+    assert "disk: 41.6 GB of downloads + 2.5 GiB that the notebook writes" in out
+    assert "a first run adds the download (about 14 min at 50 MB/s)" in out
     assert [r["status"].split(",")[0].split(" (")[0] for r in rows] == [
         "runs", "not measured at this size yet", "1 cell(s) failed in the last measured run"]
     assert "needs about 42 GiB but this card has 23 GiB free" in rows[0]["status"]
