@@ -168,7 +168,7 @@ def code_version() -> str | None:
 
 def readme_table(results: Path = ROOT / "benchmarks" / "results", cards: tuple[int, ...] = (24, 40, 80)) -> str:
     """The README's course map in real mode, per notebook and card size, made from the result files
-    (tests/test_readme_numbers.py compares the two)."""
+    (tests/test_docs_numbers.py compares the two)."""
     runs = {card: json.loads(f.read_text())["notebooks"] if (f := results / f"realmode_{card}gb.json").exists()
             else {} for card in cards}
     lines = ["| notebook | " + " | ".join(f"{card} GB card" for card in cards) + " |", "| --- |" + " --- |" * len(cards)]
