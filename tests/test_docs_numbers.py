@@ -1,11 +1,13 @@
 """The measured numbers in the README and the docs pages it links quote the result files in benchmarks/results/:
-the llama.cpp and 72B split tables and the decode profile in docs/results.md, the DDP table in docs/multi-gpu-slurm.md, the real-mode table
+the llama.cpp and 72B split tables, the decode profile and vLLM's start-up in docs/results.md, the DDP table in docs/multi-gpu-slurm.md, the real-mode table
 in README.md, and the disk and time of a full run in docs/setup.md (the README's headline figures: test_readme_headline.py)."""
 
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts that write the result files
 
 
 def test_gguf_table_quotes_the_result_file():
@@ -123,3 +125,16 @@ def test_a_gpu_calls_results_merge_into_the_files_and_the_readme_table(tmp_path)
     text = readme.read_text()
     assert text.startswith("intro\n<!-- realmode-table -->\n| notebook |") and text.endswith("<!-- /realmode-table -->\nrest\n")
     assert "| `01_download` | runs fully (8 cells)" in text and "old table" not in text
+
+
+def test_vllm_startup_figures_quote_the_result_file():
+    from vllm_startup import startup
+
+    results = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    measured = json.loads((ROOT / "benchmarks" / "results" / "vllm_startup_h100.json").read_text())
+    for key in ("model_load_s", "torch_compile_s", "cuda_graphs_s", "engine_init_s"):
+        assert results.count(f"{measured[key]} s") >= 2, (key, "both halves of docs/results.md quote it")
+    assert f"weights {measured['weights_gib']} GiB" in results and measured["gpu"] == "NVIDIA H100 80GB HBM3"
+    # the parser reads vLLM's own lines
+    log = "Model loading took 14.29 GiB and 7.183515 seconds\ninit engine (profile, create kv cache, warmup model) took 56.94 s"
+    assert startup(log) == {"weights_gib": 14.29, "model_load_s": 7.18, "engine_init_s": 56.94}
