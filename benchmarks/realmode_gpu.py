@@ -198,7 +198,7 @@ def _course_map_cell(run: dict | None) -> str:
     if run["failed"]:
         return f"{run['failed']} of {run['passed'] + run['failed'] + run['skipped_by_notebook']} cells failed"
     if run["skipped_by_notebook"]:
-        cells = [str(skip["cell"]) for skip in run.get("skips", [])] or ["?"] * run["skipped_by_notebook"]
+        cells = [str(skip["cell"]) for skip in run["skips"]]
         return f"runs; skipped by the notebook: cell{'s' * (len(cells) > 1)} {', '.join(cells)}; {measured}"
     return f"runs fully ({run['passed']} cells); {measured}"
 
@@ -217,7 +217,7 @@ def chinese_cell(cell: str) -> str:
     patterns = [
         (r"not run yet", lambda m: "尚未运行"),
         (r"runs fully \((?P<n>\d+) cells\); " + measured, lambda m: f"全部通过（{m['n']} 个单元格）；" + measured_zh(m)),
-        (r"runs; skipped by the notebook: cells? (?P<cells>[\d, ?]+); " + measured,
+        (r"runs; skipped by the notebook: cells? (?P<cells>[\d, ]+); " + measured,
          lambda m: f"通过，笔记本跳过单元格 {m['cells']}；" + measured_zh(m)),
         (r"stopped by the time limit after (?P<n>\d+) cells(?: \((?P<f>\d+) failed\))?; peak (?P<peak>[\d.]+) GiB so far",
          lambda m: f"{m['n']} 个单元格后到达时间上限" + (f"（{m['f']} 个失败）" if m["f"] else "") + f"；此前峰值 {m['peak']} GiB"),
