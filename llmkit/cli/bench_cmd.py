@@ -14,7 +14,7 @@ from llmkit.generation.bench_limit import fraction_of_limit
 from llmkit.generation.bench_result import ALL_BACKENDS, COMPILE_MODES
 from llmkit.cli.table import print_table
 from llmkit.errors import BadInput
-from llmkit.pick import model_or_default
+from llmkit.pick import DEFAULT_STANDIN, model_or_default
 from llmkit.safe_output import atomic_output, refuse_existing, write_text
 
 
@@ -91,7 +91,7 @@ def run(args) -> tuple[dict, int]:
             row["fraction_of_limit"] = fraction_of_limit(row["tokens_per_s"], row["prompts"], limit["limit_steps_per_s"])
         rows.append({"requested": backend, **row})
     data = {
-        "date": datetime.date.today().isoformat(), "model": model_ref,
+        "date": datetime.date.today().isoformat(), "model": model_ref, "model_id": args.model or DEFAULT_STANDIN,
         "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()})",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
@@ -166,7 +166,8 @@ def _bench_one(backend: str, args, hf_model: _LazyModel, tokenizer, model_dir, p
 
 
 def save_chart(data: dict, path: Path, overwrite: bool = False) -> None:
-    """Bar chart of generated tokens/s per backend (failed backends are left out); the format follows the suffix.
+    """Bar chart of generated tokens/s per backend (failed backends are left out), each bar labelled with its share of
+    the bandwidth limit, which is drawn as a dashed line; the format follows the suffix.
 
     >>> save_chart({"model": "m", "device": "cpu", "workload": {"prompts": 1, "input_len": 8, "output_len": 4},
     ...             "results": [{"requested": "hf", "backend": "hf", "tokens_per_s": 10.0}]}, Path("/tmp/c.png"))  # doctest: +SKIP
@@ -178,12 +179,26 @@ def save_chart(data: dict, path: Path, overwrite: bool = False) -> None:
 
     ok = [r for r in data["results"] if "tokens_per_s" in r]
     labels = [r["requested"] if r["requested"] == r["backend"] else f"{r['requested']}\n({r['backend']})" for r in ok]
-    fig, ax = plt.subplots(figsize=(1.6 * max(len(ok), 2) + 2, 3.2))
-    ax.bar(labels, [r["tokens_per_s"] for r in ok], color="#4a8")
+    fig, ax = plt.subplots(figsize=(1.6 * max(len(ok), 2) + 2.5, 3.4))
+    speeds = [r["tokens_per_s"] for r in ok]
+    ax.bar(labels, speeds, color="#4a8")
     w = data["workload"]
+    steps = data.get("bandwidth_limit", {}).get("limit_steps_per_s")
+    if steps:  # every weight byte read once per decode step, each step one token per prompt
+        ax.axhline(steps * w["prompts"], ls="--", color="k", lw=1, label="bandwidth limit")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.margins(y=0.1)
+    top = ax.get_ylim()[1]
+    for x, r in enumerate(ok):  # the value inside a tall bar, above a short one
+        text = f"{r['tokens_per_s']:,.{0 if r['tokens_per_s'] >= 100 else 1}f}"
+        text += f"\n{r['fraction_of_limit']:.0%}" if r.get("fraction_of_limit") else ""
+        inside = r["tokens_per_s"] > 0.25 * top
+        ax.text(x, r["tokens_per_s"] * (0.97 if inside else 1) + (0 if inside else 0.01 * top), text, ha="center",
+                va="top" if inside else "bottom", fontsize=8, color="white" if inside else "black")
     ax.set_ylabel("generated tokens/s")
-    ax.set_title(f"{Path(data['model']).name} on {data['device']}: {w['prompts']} prompts, "
-                 f"{w['input_len']} in, {w['output_len']} out", fontsize=9)
+    name = data.get("model_id") or Path(data["model"]).name
+    ax.set_title(f"{name} on {data['device']}\n{w['prompts']} prompt{'s' * (w['prompts'] != 1)}, {w['input_len']} tokens in, "
+                 f"{w['output_len']} out", fontsize=9)
     fig.tight_layout()
     with atomic_output(path, overwrite, flag="--overwrite") as partial:
         fig.savefig(partial, dpi=120, format=path.suffix.lstrip(".") or "png")
