@@ -1,5 +1,5 @@
 """The measured numbers in the README and the docs pages it links quote the result files in benchmarks/results/:
-the llama.cpp and 72B split tables, the decode profile and vLLM's start-up in docs/results.md, the DDP table in docs/multi-gpu-slurm.md, the real-mode table
+the llama.cpp and 72B split tables, the decode profile, vLLM's start-up and the vLLM bench tables in docs/results.md, the DDP table in docs/multi-gpu-slurm.md, the real-mode table
 in README.md, and the disk and time of a full run in docs/setup.md (the README's headline figures: test_readme_headline.py)."""
 
 import json
@@ -138,3 +138,26 @@ def test_vllm_startup_figures_quote_the_result_file():
     # the parser reads vLLM's own lines
     log = "Model loading took 14.29 GiB and 7.183515 seconds\ninit engine (profile, create kv cache, warmup model) took 56.94 s"
     assert startup(log) == {"weights_gib": 14.29, "model_load_s": 7.18, "engine_init_s": 56.94}
+
+
+def test_vllm_bench_tables_quote_the_result_files():
+    results = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    english, chinese = results.split("\n## 中文\n")
+    for name in ("bench_seed_h100.json", "bench_batch1_h100.json", "bench_72b_vllm_h100.json"):
+        bench = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+        assert f"{bench['bandwidth_limit']['limit_steps_per_s']} steps/s" in english and name in chinese
+        for row in bench["results"]:
+            share = f"{row['fraction_of_limit'] * 100:.1f}%"
+            if name == "bench_72b_vllm_h100.json":
+                cells = [f"{row['tokens_per_s']} tok/s", share]
+            else:
+                cells = [f"| `{row['requested']}` | {row['tokens_per_s']} | {share} | {row['requests_per_s']} |",
+                         f"| {row['warm_up_s']} s | {row['peak_memory_gib']} GiB |"]
+            assert all(cell in english and cell in chinese for cell in cells), (name, row["requested"])
+    seed = json.loads((ROOT / "benchmarks" / "results" / "bench_seed_h100.json").read_text())
+    assert f"**{seed['vllm_over_hf']['this_run']}×**" in english and f"**{seed['vllm_over_hf']['this_run']} 倍**" in chinese
+    assert f"{seed['vllm_over_hf']['source_tutorial']}×" in english
+    vllm = next(row for row in seed["results"] if row["requested"] == "vllm")
+    assert f"{vllm['details']['load_s']} s" in english
+    card24 = json.loads((ROOT / "benchmarks" / "results" / "vllm_startup_24gb_h100.json").read_text())
+    assert f"{card24['kv_cache_gib']} GiB" in english and f"{card24['kv_cache_tokens']:,} tokens" in english

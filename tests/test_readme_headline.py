@@ -48,12 +48,18 @@ def headline_values() -> list[list[str]]:
     hf = next(r for r in gguf["runs"] if r["backend"] == "hf")
     lora = {(r["method"], r["gradient_checkpointing"]): r for r in load("lora_gpu_h100.json")["results"]}
     ddp = load("lora_ddp_h200x2.json")
+    seed = {r["requested"]: r for r in load("bench_seed_h100.json")["results"]}
+    vllm72 = load("bench_72b_vllm_h100.json")["results"][0]
+    ratio = load("bench_seed_h100.json")["vllm_over_hf"]
     return [
         [f"{plain72['tokens_per_s']:.1f}", f"{q72['tokens_per_s']:.1f}", f"{q72['fraction_of_limit'] * 100:.0f}"],
         [f"{plain7['prompt_tokens']}", f"{plain7['new_tokens']}", f"{plain7['tokens_per_s']:.1f}",
          f"{fast7['tokens_per_s']:.1f}", f"{fast7['tokens_per_s'] / plain7['tokens_per_s']:.1f}"],
         [f"{compiled['step_s'] * 1000:.2f}", f"{compiled['tokens_per_s']:.1f}", f"{compiled['fraction_of_limit'] * 100:.1f}",
          f"{fused['step_s'] * 1000:.2f}"],
+        [f"{seed['hf']['tokens_per_s']}", f"{seed['hf-fast']['tokens_per_s']}", f"{seed['vllm']['tokens_per_s']}",
+         f"{seed['vllm']['fraction_of_limit'] * 100:.1f}", f"{ratio['this_run']}", f"{ratio['source_tutorial']}",
+         f"{vllm72['tokens_per_s']}"],
         [f"{gguf['workload']['prompt_tokens']}", f"{q4['eval_tokens_per_s']:.1f}", f"{hf['eval_tokens_per_s']:.1f}"],
         [f"{lora[('lora', True)]['batch']}", f"{lora[('lora', True)]['seq_len']}",
          f"{lora[('lora', True)]['peak_allocated_gib']:.2f}", f"{lora[('qlora', True)]['peak_allocated_gib']:.2f}"],
