@@ -19,9 +19,12 @@ if ls /tmp/lcpw/*.whl >/dev/null 2>&1; then  # built in an earlier call while th
   PYTHONPATH=$T:$PWD python3 -m llmkit.deploy.llamacpp_kernel install >/dev/null  # the llama.cpp notebook's kernel
 fi
 export LLAMA_CPP_DIR=$(ls -d /tmp/lcp/llama_cpp_python-*/vendor/llama.cpp 2>/dev/null | head -1)
-if [ "${LLAMA_BUILD:-0}" = 1 ] && ! ls /tmp/lcpw/*.whl >/dev/null 2>&1; then
-  # -DGGML_NATIVE=OFF as setup.sh builds it; only sm_90 (the H200) to keep the build short
-  (cd "$(ls -d /tmp/lcp/llama_cpp_python-*/ | head -1)" && CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" \
+if [ "${LLAMA_BUILD:-0}" = 1 ] && ! ls /tmp/lcpw/*.whl >/dev/null 2>&1 && [ ! -e /tmp/lcpw.log ]; then
+  # -DGGML_NATIVE=OFF as setup.sh builds it; only sm_90 (H100, H200) to keep the build short. setsid: a job left in
+  # the background ends with the device call that started it (2026-12-06, sixth); this one lives on while the machine
+  # is held, for later calls. /tmp/lcpw.log exists from the start: one build per machine
+  echo "llama-cpp-python build started $(date -u +%T)" >/tmp/lcpw.log
+  setsid bash -c 'cd "$(ls -d /tmp/lcp/llama_cpp_python-*/ | head -1)" && CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" \
     CMAKE_BUILD_PARALLEL_LEVEL=12 python3 -m pip wheel -q --no-build-isolation --no-deps --no-index . -w /tmp/lcpw \
-    >/tmp/lcpw.log 2>&1; echo "llama build exit $?" >>/tmp/lcpw.log) &
+    >>/tmp/lcpw.log 2>&1; echo "llama build exit $?" >>/tmp/lcpw.log' </dev/null >/dev/null 2>&1 &
 fi

@@ -10,7 +10,8 @@ process of its own), their peak GPU memory is that of the engine's processes as 
 - ``vllm``: ``LLM.generate`` on all prompts at once; time to first token is the earliest of the requests' own
   (vLLM's per-request stats, switched on for this). vLLM needs a CUDA GPU and lives in its own venv
   (``bash setup.sh vllm``: ``.venv-vllm``), so ``llmkit bench`` runs it in a process of that venv's Python
-  (``bench_vllm_isolated``), next to the other backends in one run; it has not been run on a GPU by the project yet.
+  (``bench_vllm_isolated``), next to the other backends in one run (or in the Python that has vLLM, as on an H100 with
+  vLLM 0.26: benchmarks/results/bench_seed_h100.json). vLLM's engine start is reported as ``load_s``.
 """
 
 from __future__ import annotations
@@ -169,11 +170,12 @@ def _run_isolated(function: str, job: dict, python: str, engine: str) -> BenchRe
 def bench_vllm(model_dir: str | Path, prompts: list[list[int]], new_tokens: int = 128, repeats: int = 3, **llm_args):
     """Time vLLM's offline ``LLM.generate`` on all prompts at once (greedy, ``ignore_eos``, fixed length).
 
-    Not run by this project (no vLLM here): see the module docstring. ``llm_args`` go to ``vllm.LLM``.
+    Needs a CUDA GPU (see the module docstring). ``llm_args`` go to ``vllm.LLM``.
 
     >>> r = bench_vllm("Qwen/Qwen2-7B-Instruct", [[9707, 11]], new_tokens=8)  # doctest: +SKIP
     """
     require_engine("vllm")
+    import vllm
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -194,4 +196,5 @@ def bench_vllm(model_dir: str | Path, prompts: list[list[int]], new_tokens: int 
         return [list(o.outputs[0].token_ids) for o in outputs], min(firsts, default=None), seconds
 
     warm_up_s, runs = timed_runs(once, repeats)
-    return result("vllm", prompts, new_tokens, warm_up_s, runs, details={"load_s": round(load_s, 2)})
+    return result("vllm", prompts, new_tokens, warm_up_s, runs,
+                  details={"load_s": round(load_s, 2), "vllm": vllm.__version__})

@@ -83,6 +83,9 @@ class _Output:
         self.metrics = first_token_latency and type("RequestStateStats", (), {"first_token_latency": first_token_latency})()
 
 
+__version__ = "0.0.fake"
+
+
 class LLM:
     def __init__(self, model, max_model_len, disable_log_stats=True, **kwargs):
         self.stats = not disable_log_stats  # vLLM fills RequestOutput.metrics only then
@@ -117,6 +120,7 @@ def test_bench_runs_vllm_with_the_vllm_venvs_python_after_releasing_its_model(tm
     assert code == 0 and rows["vllm"]["backend"] == "vllm" and rows["vllm"]["new_tokens"] == 4, rows["vllm"]
     assert rows["vllm"]["tokens_per_s"] > 0 and rows["hf"]["tokens_per_s"] > 0
     assert rows["vllm"]["time_to_first_token_s"] == 0.25  # the first of the requests' first tokens
+    assert rows["vllm"]["details"]["vllm"] == "0.0.fake"  # the version that ran
     ratio = printed["vllm_over_hf"]  # next to the source tutorial's 1479.95 / 800.48
     assert ratio == {"this_run": round(rows["vllm"]["tokens_per_s"] / rows["hf"]["tokens_per_s"], 2),
                      "source_tutorial": 1.85}
