@@ -170,18 +170,22 @@ def test_the_decode_profile_benchmark_runs_on_the_cpu(tmp_path):
         assert set(row["step_s_by_max_len"]) == {"128", "512", "2048"}
 
 
-@pytest.mark.parametrize("choice", ["eager", "sdpa-efficient"])
-def test_the_profiles_attention_variants_decode_the_same_and_are_undone(chat_dir, choice):
-    """decode_profile_gpu.py's attention variants: other attention kernels, the same tokens, the model left as it was."""
+@pytest.mark.parametrize("choice,compiled", [("eager", False), ("sdpa-efficient", False), ("grouped-sdpa", False),
+                                             ("grouped-sdpa", True)])
+def test_the_profiles_attention_variants_decode_the_same_and_are_undone(chat_dir, choice, compiled):
+    """decode_profile_gpu.py's attention variants: other attention kernels, the same tokens, the model left as it was;
+    the grouped query heads also when torch.compile traces the step (where transformers' SDPA repeats K and V)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from decode_profile_gpu import attention
 
     model, tokenizer = llmkit.load(str(chat_dir))
+    assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped heads, as in Qwen2-7B
     batch = left_padded(tokenizer, QUESTIONS)
     before = model.config._attn_implementation
-    with attention(model, choice), GraphDecoder(model, 3, batch["input_ids"].shape[1] + 12,
-                                                fuse_projections=True) as decoder:
-        assert model.config._attn_implementation == ("eager" if choice == "eager" else before)
+    expected = {"eager": "eager", "grouped-sdpa": "llmkit_grouped_sdpa"}.get(choice, before)
+    with attention(model, choice), GraphDecoder(model, 3, batch["input_ids"].shape[1] + 12, fuse_projections=True,
+                                                compile_small_ops=compiled) as decoder:
+        assert model.config._attn_implementation == expected
         ours = decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=12)
     assert model.config._attn_implementation == before and torch.backends.cuda.cudnn_sdp_enabled()
     assert torch.equal(ours, reference(model, tokenizer, batch, 12))

@@ -1,0 +1,47 @@
+"""grouped_query_sdpa keeps the key/value heads as they are in a compiled decode step, where transformers' SDPA
+attention repeats them for every query head (llmkit.generation.grouped_attention)."""
+
+import torch
+
+import llmkit
+from llmkit.generation import grouped_attention
+from llmkit.generation.fastdecode import GraphDecoder
+
+
+def key_heads_seen(model, monkeypatch, implementation: str) -> set[tuple[int, int]]:
+    """(query heads or groups, key heads) of every one-token SDPA call in a compiled decoder's steps."""
+    seen, real = set(), torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, **kwargs):
+        if query.shape[2] <= model.config.num_attention_heads // model.config.num_key_value_heads:
+            seen.add((query.shape[1], key.shape[1]))
+        return real(query, key, value, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model.set_attn_implementation(implementation)
+    ids = torch.randint(100, 1000, (2, 8), device=model.device)
+    with GraphDecoder(model, 2, 20, compile_small_ops=True) as decoder:
+        decoder.generate(ids, torch.ones_like(ids), max_new_tokens=3)
+    torch._dynamo.reset()  # the next implementation is traced afresh
+    return seen
+
+
+def test_a_compiled_decode_step_attends_with_the_caches_own_key_value_heads(chat_dir, monkeypatch):
+    model, _ = llmkit.load(str(chat_dir))
+    heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
+    assert heads > kv_heads
+    assert key_heads_seen(model, monkeypatch, "sdpa") == {(heads, heads)}  # transformers: K and V repeated
+    assert key_heads_seen(model, monkeypatch, grouped_attention.register()) == {(kv_heads, kv_heads)}
+    model.set_attn_implementation("sdpa")
+
+
+def test_grouped_heads_equal_repeated_heads_with_a_padding_mask():
+    torch.manual_seed(0)
+    query, key, value = torch.randn(3, 8, 1, 16), torch.randn(3, 2, 6, 16), torch.randn(3, 2, 6, 16)
+    mask = torch.zeros(3, 1, 1, 6)
+    mask[0, ..., :2] = torch.finfo(torch.float32).min  # a left-padded row
+    layer = type("Attention", (), {"num_key_value_groups": 4})()
+    ours = grouped_attention.grouped_query_sdpa(layer, query, key, value, mask, scaling=0.25)[0]
+    repeated = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(4, dim=1), value.repeat_interleave(4, dim=1), attn_mask=mask, scale=0.25)
+    torch.testing.assert_close(ours, repeated.transpose(1, 2))
