@@ -180,8 +180,7 @@ def save_chart(data: dict, path: Path, overwrite: bool = False) -> None:
     ok = [r for r in data["results"] if "tokens_per_s" in r]
     labels = [r["requested"] if r["requested"] == r["backend"] else f"{r['requested']}\n({r['backend']})" for r in ok]
     fig, ax = plt.subplots(figsize=(1.6 * max(len(ok), 2) + 2.5, 3.4))
-    speeds = [r["tokens_per_s"] for r in ok]
-    ax.bar(labels, speeds, color="#4a8")
+    ax.bar(labels, [r["tokens_per_s"] for r in ok], color="#4a8")
     w = data["workload"]
     steps = data.get("bandwidth_limit", {}).get("limit_steps_per_s")
     if steps:  # every weight byte read once per decode step, each step one token per prompt
