@@ -1,6 +1,7 @@
-"""LoRA on 1 and 2 GPUs with DDP (``torchrun`` + ``llmkit.finetune.train_lora``): same global batch, loss curves compared
-step by step, tokens/s and the scaling 2 GPUs / 1 GPU. Random weights with Qwen2-7B-Instruct's published config
-(speed does not depend on the weights' values), synthetic alpaca records cut to ``--seq-len`` tokens.
+"""LoRA on 1 and 2 GPUs with DDP (``llmkit.finetune.train_lora``, 2 GPUs started by ``torchrun`` and by ``accelerate
+launch``): same global batch, loss curves compared step by step (2 GPUs against 1, accelerate against torchrun),
+tokens/s and the scaling 2 GPUs / 1 GPU. Random weights with Qwen2-7B-Instruct's published config (speed does not
+depend on the weights' values), synthetic alpaca records cut to ``--seq-len`` tokens.
 
     PYTHONPATH=$PWD python benchmarks/lora_ddp_gpu.py          # 2 GPUs; writes benchmarks/results/lora_ddp_h200x2.json + .png
     python benchmarks/lora_ddp_gpu.py --cpu --out /tmp/ddp.json  # CPU check of the logic: gloo, tiny config, 2 processes
@@ -47,16 +48,29 @@ def write_model_dir(folder: Path, tiny: bool) -> Path:
     return folder
 
 
-def train(processes: int, model_dir: Path, work: Path, s: dict, cpu: bool) -> dict:
-    """One ``torchrun --nproc_per_node processes -m llmkit.finetune.train_lora`` run; its report.
+def launcher(name: str, processes: int) -> list[str]:
+    """The command that starts ``processes`` training processes: ``torchrun`` or ``accelerate launch`` (the README's).
 
-    >>> train(2, Path("/tmp/m"), Path("/tmp/w"), SETTINGS_GPU, cpu=False)  # doctest: +SKIP
-    {'world_size': 2, ...}
+    >>> launcher("accelerate", 2)[2:5]
+    ['accelerate.commands.launch', '--multi_gpu', '--num_processes']
     """
-    report = work / f"report-{processes}.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", "llmkit.finetune.train_lora", "--model", str(model_dir), "--random-init",
-               "--synthetic", str(s["global_batch_size"] * s["steps"]), "--out", str(work / f"out-{processes}"),
+    if name == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    # precision and compilation are train_lora's own flags (--bf16), so accelerate's stay off
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def train(processes: int, model_dir: Path, work: Path, s: dict, cpu: bool, start: str = "torchrun") -> dict:
+    """One ``START -m llmkit.finetune.train_lora`` run on ``processes`` processes (``start``: torchrun or accelerate).
+
+    >>> train(2, Path("/tmp/m"), Path("/tmp/w"), SETTINGS_GPU, cpu=False, start="accelerate")  # doctest: +SKIP
+    {'world_size': 2, 'launcher': 'accelerate', ...}
+    """
+    report = work / f"report-{processes}-{start}.json"
+    command = [*launcher(start, processes), "-m", "llmkit.finetune.train_lora", "--model", str(model_dir),
+               "--random-init",
+               "--synthetic", str(s["global_batch_size"] * s["steps"]), "--out", str(work / f"out-{processes}-{start}"),
                "--overwrite", "--max-steps", str(s["steps"]), "--global-batch-size", str(s["global_batch_size"]),
                "--per-device-batch-size", str(s["per_device_batch_size"]), "--cutoff-len", str(s["seq_len"]),
                "--lora-rank", str(s["lora_rank"]), "--lora-alpha", str(s["lora_alpha"]), "--lora-dropout", "0",
@@ -69,12 +83,14 @@ def train(processes: int, model_dir: Path, work: Path, s: dict, cpu: bool) -> di
     if not cpu:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(processes)))
     print("$", " ".join(command), flush=True)
-    start = time.perf_counter()
+    began = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=ROOT, text=True, capture_output=True)
     if done.returncode:
-        raise RuntimeError(f"{processes}-process run failed ({done.returncode}):\n{(done.stdout + done.stderr)[-4000:]}")
+        raise RuntimeError(f"{processes}-process {start} run failed ({done.returncode}):\n"
+                           f"{(done.stdout + done.stderr)[-4000:]}")
     print("\n".join(line for line in done.stdout.splitlines() if line.startswith("[train_lora]")), flush=True)
-    return {**json.loads(report.read_text(encoding="utf-8")), "launcher_wall_s": round(time.perf_counter() - start, 1)}
+    return {**json.loads(report.read_text(encoding="utf-8")), "launcher": start,
+            "launcher_wall_s": round(time.perf_counter() - began, 1)}
 
 
 def compare(one: dict, two: dict, rel_tol: float, min_scaling: float | None) -> dict:
@@ -98,10 +114,10 @@ def compare(one: dict, two: dict, rel_tol: float, min_scaling: float | None) -> 
             "scaling_pass": scaling_ok, "pass": loss_ok and scaling_ok is not False}
 
 
-def plot(one: dict, two: dict, path: Path) -> str | None:
-    """Loss curves of both runs and their tokens/s as bars, saved as a PNG; the reason when it cannot be drawn.
+def plot(runs: list[dict], path: Path) -> str | None:
+    """Loss curves of the runs (1 GPU first) and their tokens/s as bars, saved as a PNG; else why it cannot be drawn.
 
-    >>> plot({"losses": [], "tokens_per_s": 1}, {"losses": [], "tokens_per_s": 2}, Path("/tmp/x.png"))  # doctest: +SKIP
+    >>> plot([one, two, two_accelerate], Path("/tmp/x.png"))  # doctest: +SKIP
     """
     try:
         import matplotlib
@@ -111,13 +127,16 @@ def plot(one: dict, two: dict, path: Path) -> str | None:
     except ImportError as error:
         return f"no plot: {error}"
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [2, 1]})
-    for report, style in ((one, "-"), (two, "--")):
+    names = [f"{r['world_size']} GPU{'s' if r['world_size'] > 1 else ''}, {r['launcher']}" for r in runs]
+    for report, name, style in zip(runs, names, ("-", "--", ":")):
         left.plot([r["step"] for r in report["losses"]], [r["loss"] for r in report["losses"]], style,
-                  label=f"{report['world_size']} GPU(s) x accumulation {report['gradient_accumulation_steps']}")
-    left.set(xlabel="optimizer step", ylabel="training loss", title=f"same global batch {one['global_batch_size']}")
+                  label=f"{name} (accumulation {report['gradient_accumulation_steps']})")
+    left.set(xlabel="optimizer step", ylabel="training loss",
+             title=f"same global batch {runs[0]['global_batch_size']}")
     left.legend()
-    right.bar(["1 GPU", "2 GPUs"], [one["tokens_per_s"], two["tokens_per_s"]], color=["tab:blue", "tab:orange"])
-    right.set(ylabel="tokens/s", title=f"scaling {two['tokens_per_s'] / one['tokens_per_s']:.2f}x")
+    right.bar([n.replace(", ", "\n") for n in names], [r["tokens_per_s"] for r in runs],
+              color=["tab:blue", "tab:orange", "tab:green"][:len(runs)])
+    right.set(ylabel="tokens/s", title=f"scaling {runs[1]['tokens_per_s'] / runs[0]['tokens_per_s']:.2f}x")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return None
@@ -158,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
          "steps": a.steps, "warmup_steps": a.warmup_steps, "global_batch_size": a.global_batch_size,
          "per_device_batch_size": a.per_device_batch_size, "seq_len": a.seq_len, "lora_rank": 8, "lora_alpha": 16,
          "lora_dropout": 0.0, "lora_target": "all-linear", "learning_rate": 1e-4, "dtype": "fp32" if a.cpu else "bf16",
-         "gradient_checkpointing": False, "launcher": "torchrun --standalone", "env": NO_MULTICAST}
+         "gradient_checkpointing": False, "launchers": ["torchrun --standalone", "accelerate launch --multi_gpu"],
+         "env": NO_MULTICAST}
     # bf16 autocast on 1 vs 2 GPUs sums the gradients in another order: differences of bf16 rounding, which
     # Adam carries forward; fp32 on the CPU agrees to float rounding.
     rel_tol, min_scaling = (1e-4, None) if a.cpu else (0.02, 1.8)
@@ -172,20 +192,29 @@ def main(argv: list[str] | None = None) -> dict:
         model_dir = write_model_dir(work / "model", tiny=a.cpu)
         one = train(1, model_dir, work, s, a.cpu)
         two = train(2, model_dir, work, s, a.cpu)
+        two_accelerate = train(2, model_dir, work, s, a.cpu, start="accelerate")
+    by_accelerate = compare(two, two_accelerate, rel_tol, None)
     result = {
         "date": datetime.date.today().isoformat(), "machine": machine(a.cpu),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                      "accelerate": accelerate.__version__, "python": platform.python_version()},
         "settings": s, **compare(one, two, rel_tol, min_scaling),
-        "tokens_per_s": {"1": one["tokens_per_s"], "2": two["tokens_per_s"]},
-        "losses": {"1": [r["loss"] for r in one["losses"]], "2": [r["loss"] for r in two["losses"]]},
-        "runs": {str(r["world_size"]): {k: v for k, v in r.items() if k not in ("losses", "settings")} for r in (one, two)},
+        "accelerate_vs_torchrun": {k: by_accelerate[k] for k in ("steps_compared", "loss_max_abs_diff",
+                                                                  "loss_max_rel_diff", "loss_pass", "scaling")},
+        "tokens_per_s": {"1": one["tokens_per_s"], "2": two["tokens_per_s"],
+                         "2-accelerate": two_accelerate["tokens_per_s"]},
+        "losses": {"1": [r["loss"] for r in one["losses"]], "2": [r["loss"] for r in two["losses"]],
+                   "2-accelerate": [r["loss"] for r in two_accelerate["losses"]]},
+        "runs": {name: {k: v for k, v in r.items() if k not in ("losses", "settings")}
+                 for name, r in (("1", one), ("2", two), ("2-accelerate", two_accelerate))},
     }
+    result["pass"] = result["pass"] and by_accelerate["loss_pass"]
     a.out.parent.mkdir(parents=True, exist_ok=True)
     png = a.out.with_suffix(".png")
-    result["plot"] = plot(one, two, png) or png.name
+    result["plot"] = plot([one, two, two_accelerate], png) or png.name
     a.out.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    print(json.dumps({k: result[k] for k in ("machine", "loss_max_rel_diff", "tokens_per_s", "scaling", "pass")}))
+    print(json.dumps({k: result[k] for k in ("machine", "loss_max_rel_diff", "accelerate_vs_torchrun", "tokens_per_s",
+                                             "scaling", "pass")}))
     print("wrote", a.out)
     return result
 

@@ -94,7 +94,13 @@ def test_ddp_benchmark_cpu_mode(tmp_path):
     assert set(result) >= {"machine", "versions", "date", "settings", "losses", "loss_max_abs_diff",
                            "loss_max_rel_diff", "tokens_per_s", "scaling", "loss_pass", "scaling_pass", "pass"}
     assert result["runs"]["2"]["world_size"] == 2 and result["runs"]["1"]["world_size"] == 1
+    assert result["runs"]["2-accelerate"]["world_size"] == 2  # issue 20's `accelerate launch` beside torchrun
+    assert [result["runs"][k]["launcher"] for k in ("1", "2", "2-accelerate")] == ["torchrun", "torchrun", "accelerate"]
     assert result["settings"]["env"]["NCCL_NVLS_ENABLE"] == "0"
-    assert len(result["losses"]["1"]) == len(result["losses"]["2"]) == result["settings"]["steps"]
+    steps = result["settings"]["steps"]
+    assert len(result["losses"]["1"]) == len(result["losses"]["2"]) == len(result["losses"]["2-accelerate"]) == steps
+    assert result["losses"]["2-accelerate"] == pytest.approx(result["losses"]["2"], rel=LOSS_RTOL)
+    assert result["accelerate_vs_torchrun"]["loss_pass"] and result["accelerate_vs_torchrun"]["steps_compared"] == steps
     assert result["loss_pass"] and result["pass"] and result["scaling_pass"] is None  # no scaling bar on 2 cores
+    assert (tmp_path / "ddp.png").is_file()
     assert set(result["versions"]) >= {"torch", "transformers", "peft", "accelerate"}
