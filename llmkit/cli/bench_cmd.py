@@ -39,6 +39,9 @@ def register(sub) -> None:
     parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
                         help="torch.compile mode of hf-graph-compile (hf-fast on CUDA); max-autotune-no-cudagraphs "
                              "also tunes the matrix products: minutes more warm-up (default: default)")
+    parser.add_argument("--tensor-parallel-size", type=int, nargs="+", default=[1], metavar="N",
+                        help="vllm only: run it once per N on N GPUs (tensor parallelism), e.g. 1 2; N must divide "
+                             "the model's attention heads (default: 1)")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
     parser.add_argument("--chart", type=Path, help="save a bar chart of tokens/s to this image file")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --out and --chart files")
@@ -58,6 +61,23 @@ def _check(args) -> None:
                        "make one with: llmkit gguf MODEL FILE")
     if args.gguf is not None and not args.gguf.is_file():
         raise BadInput(f"GGUF file {args.gguf} does not exist; make one with: llmkit gguf MODEL FILE")
+    if min(args.tensor_parallel_size) < 1:
+        raise BadInput(f"--tensor-parallel-size must be at least 1, got {min(args.tensor_parallel_size)}")
+    if max(args.tensor_parallel_size) > 1 and "vllm" not in args.backend:
+        raise BadInput("--tensor-parallel-size splits the vllm backend over GPUs; add --backend vllm")
+
+
+def _check_split(sizes: list[int], model_dir, gpus: int) -> None:
+    """Refuse a tensor-parallel size the machine or the model cannot take, before anything loads."""
+    from transformers import AutoConfig
+
+    if max(sizes) > gpus:
+        raise BadInput(f"--tensor-parallel-size {max(sizes)} needs {max(sizes)} GPUs; torch sees {gpus} here "
+                       "(check CUDA_VISIBLE_DEVICES and nvidia-smi)")
+    heads = AutoConfig.from_pretrained(model_dir).num_attention_heads
+    if bad := [n for n in sizes if heads % n]:
+        raise BadInput(f"--tensor-parallel-size {bad[0]} does not divide the model's {heads} attention heads; "
+                       f"choose one of {[n for n in range(1, min(gpus, heads) + 1) if heads % n == 0]}")
 
 
 def run(args) -> tuple[dict, int]:
@@ -78,18 +98,21 @@ def run(args) -> tuple[dict, int]:
     model_dir = locate(model_ref).path
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     prompts = workload(tokenizer, args.prompts, args.input_len)
+    if max(args.tensor_parallel_size) > 1:
+        _check_split(args.tensor_parallel_size, model_dir, torch.cuda.device_count())
     cuda = torch.cuda.is_available()
     limit = memory_limit(model_dir, "cuda" if cuda else "cpu")  # measured first, while no model holds the GPU
     hf_model = _LazyModel(model_ref)
     rows = []
-    for backend in args.backend:
+    for backend, split in _runs(args.backend, args.tensor_parallel_size):
         try:
-            row = _bench_one(backend, args, hf_model, tokenizer, model_dir, prompts).to_dict()
+            row = _bench_one(backend, args, hf_model, tokenizer, model_dir, prompts, split).to_dict()
         except (RuntimeError, ValueError) as error:  # reported in the results; the exit code says a backend failed
             row = {"backend": backend, "error": f"{type(error).__name__}: {error}"}
-        if "tokens_per_s" in row:
-            row["fraction_of_limit"] = fraction_of_limit(row["tokens_per_s"], row["prompts"], limit["limit_steps_per_s"])
-        rows.append({"requested": backend, **row})
+        if "tokens_per_s" in row:  # N GPUs each read 1/N of the weights per step: N times one card's limit
+            row["fraction_of_limit"] = fraction_of_limit(row["tokens_per_s"], row["prompts"],
+                                                         split * limit["limit_steps_per_s"])
+        rows.append({"requested": backend if split == 1 else f"{backend}-tp{split}", **row})
     data = {
         "date": datetime.date.today().isoformat(), "model": model_ref, "model_id": args.model or DEFAULT_STANDIN,
         "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()})",
@@ -110,6 +133,15 @@ def run(args) -> tuple[dict, int]:
     if args.chart:
         save_chart(data, args.chart, args.overwrite)
     return data, 1 if any("error" in r for r in rows) else 0
+
+
+def _runs(backends: list[str], splits: list[int]) -> list[tuple[str, int]]:
+    """(backend, GPUs) pairs in the order asked: vllm once per tensor-parallel size, every other backend on one GPU.
+
+    >>> _runs(["hf", "vllm"], [1, 2])
+    [('hf', 1), ('vllm', 1), ('vllm', 2)]
+    """
+    return [(backend, split) for backend in backends for split in (splits if backend == "vllm" else [1])]
 
 
 def memory_limit(model_dir, device: str) -> dict:
@@ -151,7 +183,7 @@ class _LazyModel:
             torch.cuda.empty_cache()
 
 
-def _bench_one(backend: str, args, hf_model: _LazyModel, tokenizer, model_dir, prompts):
+def _bench_one(backend: str, args, hf_model: _LazyModel, tokenizer, model_dir, prompts, split: int = 1):
     from llmkit.generation import bench_engines
     from llmkit.generation.bench import bench
 
@@ -160,7 +192,8 @@ def _bench_one(backend: str, args, hf_model: _LazyModel, tokenizer, model_dir, p
     if backend == "llamacpp":
         return bench_engines.bench_llamacpp_isolated(args.gguf, prompts, args.output_len, args.repeats)
     if backend == "vllm":
-        return bench_engines.bench_vllm_isolated(model_dir, prompts, args.output_len, args.repeats)
+        return bench_engines.bench_vllm_isolated(model_dir, prompts, args.output_len, args.repeats,
+                                                 **({"tensor_parallel_size": split} if split > 1 else {}))
     return bench(hf_model(), tokenizer, backend, prompts, new_tokens=args.output_len, repeats=args.repeats,
                  compile_mode=args.compile_mode)
 
@@ -184,7 +217,9 @@ def save_chart(data: dict, path: Path, overwrite: bool = False) -> None:
     w = data["workload"]
     steps = data.get("bandwidth_limit", {}).get("limit_steps_per_s")
     if steps:  # every weight byte read once per decode step, each step one token per prompt
-        ax.axhline(steps * w["prompts"], ls="--", color="k", lw=1, label="bandwidth limit")
+        one_gpu = any("-tp" in r["requested"] for r in ok)
+        ax.axhline(steps * w["prompts"], ls="--", color="k", lw=1,
+                   label="bandwidth limit" + (" of one GPU" if one_gpu else ""))
         ax.legend(fontsize=8, loc="lower right")
     ax.margins(y=0.1)
     top = ax.get_ylim()[1]

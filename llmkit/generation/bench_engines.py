@@ -164,6 +164,7 @@ def _run_isolated(function: str, job: dict, python: str, engine: str) -> BenchRe
     if gpu.peak_gib is not None:
         measured.peak_memory_gib = gpu.peak_gib
         measured.details["peak_memory"] = "nvidia-smi: the engine's processes, CUDA context included"
+        measured.details["peak_memory_processes"] = gpu.peak_processes  # with N GPUs: one worker per GPU
     return measured
 
 
@@ -197,4 +198,5 @@ def bench_vllm(model_dir: str | Path, prompts: list[list[int]], new_tokens: int 
 
     warm_up_s, runs = timed_runs(once, repeats)
     return result("vllm", prompts, new_tokens, warm_up_s, runs,
-                  details={"load_s": round(load_s, 2), "vllm": vllm.__version__})
+                  details={"load_s": round(load_s, 2), "vllm": vllm.__version__,
+                           "tensor_parallel_size": llm_args.get("tensor_parallel_size", 1)})

@@ -65,6 +65,29 @@ def test_bench_rejects_bad_sizes(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--tensor-parallel-size", "2"], "--tensor-parallel-size splits the vllm backend over GPUs; add --backend vllm"),
+    (["--backend", "hf", "--tensor-parallel-size", "0"], "--tensor-parallel-size must be at least 1, got 0")])
+def test_bench_rejects_a_split_without_vllm_or_of_size_zero(args, message, capsys):
+    assert main(["bench", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_refuses_a_split_over_more_gpus_than_torch_sees_or_one_that_cuts_the_heads(monkeypatch, capsys):
+    import torch
+
+    from llmkit.cli import bench_cmd
+
+    monkeypatch.setattr(bench_cmd, "require_engine_python", lambda backend: sys.executable)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main([*SMALL, "--backend", "vllm", "--tensor-parallel-size", "1", "2"]) == 2
+    assert "--tensor-parallel-size 2 needs 2 GPUs; torch sees 1 here" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert main([*SMALL, "--backend", "vllm", "--tensor-parallel-size", "3"]) == 2  # the stand-in has 4 heads
+    assert "--tensor-parallel-size 3 does not divide the model's 4 attention heads; choose one of [1, 2, 4]" in \
+        capsys.readouterr().err
+
+
 def test_bench_rejects_an_unknown_backend(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--backend", "vllm-typo"])
@@ -72,6 +95,10 @@ def test_bench_rejects_an_unknown_backend(capsys):
 
 
 FAKE_VLLM = '''
+import json
+import os
+
+
 class SamplingParams:
     def __init__(self, **kwargs):
         self.max_tokens = kwargs["max_tokens"]
@@ -89,17 +116,19 @@ __version__ = "0.0.fake"
 class LLM:
     def __init__(self, model, max_model_len, disable_log_stats=True, **kwargs):
         self.stats = not disable_log_stats  # vLLM fills RequestOutput.metrics only then
+        with open(os.environ["FAKE_VLLM_CALLS"], "a") as calls:  # what each LLM(...) was asked beyond the model
+            calls.write(json.dumps(kwargs) + "\\n")
 
     def generate(self, prompts, params, use_tqdm=False):
         return [_Output(list(range(params.max_tokens)), 0.25 + i if self.stats else None) for i, _ in enumerate(prompts)]
 '''
 
 
-def test_bench_runs_vllm_with_the_vllm_venvs_python_after_releasing_its_model(tmp_path, monkeypatch, capsys):
-    # vLLM is not installed here: a stand-in `vllm` package and a `.venv-vllm` whose python is this one check the
-    # plumbing (one run, vLLM in a process of its own venv, the transformers model freed first), not vLLM itself
+@pytest.fixture
+def fake_vllm(tmp_path, monkeypatch):
+    """vLLM is not installed here: a stand-in `vllm` package and a `.venv-vllm` whose python is this one check the
+    plumbing (vLLM in a process of its own venv), not vLLM itself. Returns the file of each LLM(...)'s arguments."""
     from llmkit.generation import bench_engines
-    from llmkit.cli import bench_cmd
 
     fake = tmp_path / "fake" / "vllm"
     fake.mkdir(parents=True)
@@ -111,6 +140,14 @@ def test_bench_runs_vllm_with_the_vllm_venvs_python_after_releasing_its_model(tm
     (venv / "bin" / "python").chmod(0o755)
     monkeypatch.setattr(bench_engines, "VLLM_VENV", venv)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "fake"), str(Path(bench_engines.__file__).parents[2])]))
+    monkeypatch.setenv("FAKE_VLLM_CALLS", str(tmp_path / "llm_calls.jsonl"))
+    return tmp_path / "llm_calls.jsonl"
+
+
+def test_bench_runs_vllm_with_the_vllm_venvs_python_after_releasing_its_model(fake_vllm, monkeypatch, capsys):
+    # one run, vLLM in a process of its own venv, the transformers model freed first
+    from llmkit.cli import bench_cmd
+
     released = []
     release = bench_cmd._LazyModel.release
     monkeypatch.setattr(bench_cmd._LazyModel, "release", lambda self: released.append(self.model is not None) or release(self))
@@ -125,6 +162,24 @@ def test_bench_runs_vllm_with_the_vllm_venvs_python_after_releasing_its_model(tm
     assert ratio == {"this_run": round(rows["vllm"]["tokens_per_s"] / rows["hf"]["tokens_per_s"], 2),
                      "source_tutorial": 1.85}
     assert released == [True]  # the loaded transformers model was dropped before vLLM started
+
+
+def test_bench_runs_vllm_once_per_tensor_parallel_size_against_that_many_cards_limit(fake_vllm, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    code = main([*SMALL, "--backend", "hf", "vllm", "--tensor-parallel-size", "1", "2", "--json"])
+    printed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
+    rows = {r["requested"]: r for r in printed["results"]}
+    assert code == 0 and list(rows) == ["hf", "vllm", "vllm-tp2"]
+    assert rows["vllm"]["details"]["tensor_parallel_size"] == 1 and rows["vllm-tp2"]["details"]["tensor_parallel_size"] == 2
+    asked = [json.loads(line) for line in fake_vllm.read_text().splitlines()]
+    assert [a.get("tensor_parallel_size") for a in asked] == [None, 2]  # what each LLM(...) was given
+    steps = printed["bandwidth_limit"]["limit_steps_per_s"]
+    for name, cards in (("vllm", 1), ("vllm-tp2", 2)):
+        row = rows[name]
+        assert row["fraction_of_limit"] == round(row["tokens_per_s"] / (row["prompts"] * cards * steps), 3)
+    assert printed["vllm_over_hf"]["this_run"] == round(rows["vllm"]["tokens_per_s"] / rows["hf"]["tokens_per_s"], 2)
 
 
 
