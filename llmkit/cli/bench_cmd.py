@@ -74,10 +74,19 @@ def _check_split(sizes: list[int], model_dir, gpus: int) -> None:
     if max(sizes) > gpus:
         raise BadInput(f"--tensor-parallel-size {max(sizes)} needs {max(sizes)} GPUs; torch sees {gpus} here "
                        "(check CUDA_VISIBLE_DEVICES and nvidia-smi)")
-    heads = AutoConfig.from_pretrained(model_dir).num_attention_heads
+    config = AutoConfig.from_pretrained(model_dir)
+    heads = config.num_attention_heads
     if bad := [n for n in sizes if heads % n]:
         raise BadInput(f"--tensor-parallel-size {bad[0]} does not divide the model's {heads} attention heads; "
                        f"choose one of {[n for n in range(1, min(gpus, heads) + 1) if heads % n == 0]}")
+    # GPTQ: each GPU's share of the MLP's down projection must hold whole quantization groups (why Qwen pads
+    # Qwen2-72B-Instruct-GPTQ-Int4's MLP to 29696 = 2 x 116 x 128 columns)
+    group = (getattr(config, "quantization_config", None) or {}).get("group_size", -1)
+    width = config.intermediate_size
+    if group > 0 and (bad := [n for n in sizes if width % (n * group)]):
+        raise BadInput(f"--tensor-parallel-size {bad[0]} splits the MLP's {width} columns into parts of "
+                       f"{width / bad[0]:g}, not whole GPTQ groups of {group}; vLLM cannot load that split. Choose "
+                       f"one of {[n for n in range(1, gpus + 1) if heads % n == 0 and width % (n * group) == 0]}")
 
 
 def run(args) -> tuple[dict, int]:

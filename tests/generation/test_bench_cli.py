@@ -88,6 +88,24 @@ def test_bench_refuses_a_split_over_more_gpus_than_torch_sees_or_one_that_cuts_t
         capsys.readouterr().err
 
 
+@pytest.mark.parametrize("width, sizes, refused", [(29696, [2, 4, 8], None),  # Qwen2-72B-Instruct-GPTQ-Int4
+                                                   (29568, [2], 2)])  # the bf16 model's width: 14784 = 115.5 x 128
+def test_a_gptq_split_must_keep_whole_quantization_groups(tmp_path, width, sizes, refused):
+    from transformers import Qwen2Config
+
+    from llmkit.cli.bench_cmd import _check_split
+    from llmkit.errors import BadInput
+
+    Qwen2Config(hidden_size=8192, intermediate_size=width, num_attention_heads=64, num_key_value_heads=8,
+                quantization_config={"quant_method": "gptq", "bits": 4, "group_size": 128}).save_pretrained(tmp_path)
+    if refused is None:
+        _check_split(sizes, tmp_path, gpus=8)
+        return
+    with pytest.raises(BadInput, match=rf"--tensor-parallel-size {refused} splits the MLP's {width} columns into "
+                                       r"parts of 14784, not whole GPTQ groups of 128.*Choose one of \[1\]"):
+        _check_split(sizes, tmp_path, gpus=2)
+
+
 def test_bench_rejects_an_unknown_backend(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--backend", "vllm-typo"])
