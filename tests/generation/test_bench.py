@@ -24,6 +24,11 @@ def test_every_backend_gives_the_same_fixed_length_greedy_tokens(chat, backend):
     row = result.to_dict()
     assert row["tokens_per_s"] > 0 and len(row["runs_s"]) == 2 and 0 < row["time_to_first_token_s"] < max(row["runs_s"])
     assert "outputs" not in row and row["peak_memory_gib"] is None  # CPU: no CUDA allocator to read
+    if backend.startswith("hf-graph"):  # the warm-up's own split (first run), next to the last timed run's
+        warm, last = row["details"]["graph_decoder_timings_warm_up"], row["details"]["graph_decoder_timings_last_run"]
+        assert set(warm) == set(last) >= {"prefill_s", "decode_s"} and warm is not last
+        # parts of the run they split (each figure rounded: 0.01 s of room)
+        assert sum(warm.values()) <= row["warm_up_s"] + 0.01 and sum(last.values()) <= max(row["runs_s"]) + 0.01
 
 
 def test_unknown_backend_is_refused(chat):
