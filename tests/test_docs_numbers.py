@@ -96,6 +96,9 @@ def test_disk_and_time_of_a_full_run_come_from_the_result_file():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import ci_footprint
 
+    import doctest
+
+    assert doctest.testmod(ci_footprint).failed == 0  # the sentence builder's own examples (log parsing, both languages)
     result = json.loads((ROOT / "benchmarks" / "results" / "ci_footprint_2core.json").read_text())
     page = (ROOT / "docs" / "setup.md").read_text().splitlines()  # "The test command: what it builds and needs"
     for sentence in ci_footprint.readme_sentences(result):  # English and Chinese, each on a line of its own
