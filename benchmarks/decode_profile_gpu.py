@@ -14,8 +14,9 @@ For one model and batch size it measures, in one process, with the bandwidth lim
   (``GraphDecoder(fuse_projections=True)``), its step time and kernels; ``--variants`` also times the step through
   ``torch.compile`` (``compiled``, ``compiled_fused``: ``hf-fast``'s path; a compile per variant and batch size,
   about a minute each on a GPU), with inductor's autotuned matrix products (``compiled_fused_autotune``) and with
-  other attention kernels (``compiled_fused_eager_attention``, ``compiled_fused_efficient_sdpa``) and with the query
-  heads grouped by key/value head instead of K and V repeated (``compiled_fused_grouped_sdpa``).
+  other attention kernels (``compiled_fused_eager_attention``, ``compiled_fused_efficient_sdpa``). A compiled step
+  groups the query heads by key/value head (``GraphDecoder`` does it since ``decode_profile_grouped_h100.json``,
+  which measured it as the variant ``compiled_fused_grouped_sdpa`` against K and V repeated per query head).
 
     python benchmarks/decode_profile_gpu.py --model Qwen/Qwen2-7B-Instruct --batch 1 25 --out $OUT/profile.json
 On a CPU (``--standin``) the same code runs on the stand-in without graphs, events or CUDA kernels, to keep it working.
@@ -41,7 +42,6 @@ from load_memory_gpu import copy_bandwidth_gbs  # noqa: E402
 from realmode_gpu import code_version  # noqa: E402
 
 import llmkit  # noqa: E402
-from llmkit.generation import grouped_attention  # noqa: E402
 from llmkit.generation.bench import workload  # noqa: E402
 from llmkit.generation.fastdecode import GraphDecoder  # noqa: E402
 
@@ -95,28 +95,23 @@ HF_FAST = {"compile_small_ops": True, "fuse_projections": True}
 VARIANTS = {  # GraphDecoder options of each variant the profile suggested; "attention" is the model's setting
     "fused": {"fuse_projections": True},
     "compiled": {"compile_small_ops": True},
-    "compiled_fused": HF_FAST,
+    "compiled_fused": HF_FAST,  # the query heads grouped by key/value head in attention (GraphDecoder does it compiled)
     "compiled_fused_autotune": {**HF_FAST, "compile_mode": "max-autotune-no-cudagraphs"},
     # the attention step (cuDNN's SDPA kernel took about 5 % of the compiled step, for 1 query row over 320 keys):
     # transformers' eager attention, whose matmuls, softmax and mask inductor can fuse; SDPA without cuDNN (the
     # memory-efficient kernel: flash cannot take the decoder's additive mask)
     "compiled_fused_eager_attention": {**HF_FAST, "attention": "eager"},
     "compiled_fused_efficient_sdpa": {**HF_FAST, "attention": "sdpa-efficient"},
-    # under torch.compile transformers' SDPA repeats K and V for every query head (a copy of the cache per layer and
-    # step, more with more rows); llmkit.generation.grouped_attention groups the query heads instead
-    "compiled_fused_grouped_sdpa": {**HF_FAST, "attention": "grouped-sdpa"},
 }
 
 
 @contextlib.contextmanager
 def attention(model, choice: str | None):
-    """The model's attention as ``choice`` says ("eager", "sdpa-efficient", "grouped-sdpa"; None: unchanged) inside
+    """The model's attention as ``choice`` says ("eager", "sdpa-efficient"; None: unchanged) inside
     the block."""
     implementation, cudnn = model.config._attn_implementation, torch.backends.cuda.cudnn_sdp_enabled()
     if choice == "eager":
         model.set_attn_implementation("eager")
-    elif choice == "grouped-sdpa":
-        model.set_attn_implementation(grouped_attention.register())
     elif choice == "sdpa-efficient":
         torch.backends.cuda.enable_cudnn_sdp(False)
     elif choice is not None:

@@ -162,5 +162,22 @@ def test_vllm_bench_tables_quote_the_result_files():
     assert f"{seed['vllm_over_hf']['source_tutorial']}×" in english
     vllm = next(row for row in seed["results"] if row["requested"] == "vllm")
     assert f"{vllm['details']['load_s']} s" in english
+    grouped = {r["workload"]: r for r in json.loads(
+        (ROOT / "benchmarks" / "results" / "bench_grouped_hf_fast_h100.json").read_text())["results"]}
+    profile = json.loads((ROOT / "benchmarks" / "results" / "decode_profile_grouped_h100.json").read_text())
+    steps = next(b for b in profile["batches"] if b["batch"] == 25)["variants"]
+    for half in (english, chinese):
+        assert f"{grouped['seed']['tokens_per_s']} tok/s" in half and f"{grouped['batch1']['tokens_per_s']} tok/s" in half
+        assert all(f"{grouped[w]['fraction_of_limit'] * 100:.1f}%" in half for w in grouped)
+        assert f"{steps['compiled_fused']['step_s'] * 1000:.2f} ms" in half
+        assert f"{steps['compiled_fused_grouped_sdpa']['step_s'] * 1000:.2f} ms" in half
+    run10 = json.loads((ROOT / "benchmarks" / "results" / "notebook10_vllm_kernel_24gb_h100.json").read_text())
+    run10 = run10["notebooks"]["10_serving"]
+    cells = run10["passed"] + run10["failed"]
+    assert f"{run10['passed']} of its {cells} cells passed" in english and f"{cells} 格中 {run10['passed']} 格通过" in chinese
+    assert all(f"{run10['peak_gpu_gib']} GiB" in half for half in (english, chinese))
+    throughput = json.loads((ROOT / "benchmarks" / "results" / "vllm_bench_throughput_h100.json").read_text())
+    assert all(f"{throughput['total_tokens_per_s']} tokens/s" in half and f"{throughput['peak_gpu_memory_mib_nvidia_smi']} MiB"
+               in half for half in (english, chinese))
     card24 = json.loads((ROOT / "benchmarks" / "results" / "vllm_startup_24gb_h100.json").read_text())
     assert f"{card24['kv_cache_gib']} GiB" in english and f"{card24['kv_cache_tokens']:,} tokens" in english

@@ -51,6 +51,7 @@ def headline_values() -> list[list[str]]:
     seed = {r["requested"]: r for r in load("bench_seed_h100.json")["results"]}
     vllm72 = load("bench_72b_vllm_h100.json")["results"][0]
     ratio = load("bench_seed_h100.json")["vllm_over_hf"]
+    grouped = next(r for r in load("bench_grouped_hf_fast_h100.json")["results"] if r["workload"] == "seed")
     return [
         [f"{plain72['tokens_per_s']:.1f}", f"{q72['tokens_per_s']:.1f}", f"{q72['fraction_of_limit'] * 100:.0f}"],
         [f"{plain7['prompt_tokens']}", f"{plain7['new_tokens']}", f"{plain7['tokens_per_s']:.1f}",
@@ -59,7 +60,7 @@ def headline_values() -> list[list[str]]:
          f"{fused['step_s'] * 1000:.2f}"],
         [f"{seed['hf']['tokens_per_s']}", f"{seed['hf-fast']['tokens_per_s']}", f"{seed['vllm']['tokens_per_s']}",
          f"{seed['vllm']['fraction_of_limit'] * 100:.1f}", f"{ratio['this_run']}", f"{ratio['source_tutorial']}",
-         f"{vllm72['tokens_per_s']}"],
+         f"{vllm72['tokens_per_s']}", f"{grouped['tokens_per_s']}"],
         [f"{gguf['workload']['prompt_tokens']}", f"{q4['eval_tokens_per_s']:.1f}", f"{hf['eval_tokens_per_s']:.1f}"],
         [f"{lora[('lora', True)]['batch']}", f"{lora[('lora', True)]['seq_len']}",
          f"{lora[('lora', True)]['peak_allocated_gib']:.2f}", f"{lora[('qlora', True)]['peak_allocated_gib']:.2f}"],

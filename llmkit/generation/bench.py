@@ -8,7 +8,8 @@ Backends (all plain transformers APIs; the difference is how the decode loop run
 - ``hf-graph``: ``llmkit.generation.fastdecode.GraphDecoder``, a ``StaticCache`` and one CUDA graph per decode step,
   captured in the warm-up and reused, with each layer's q/k/v and gate/up projections computed as one product each
   and the prompt's forward pass captured as well (the workload repeats one prompt shape);
-  ``hf-graph-compile`` also fuses the small ops with ``torch.compile``.
+  ``hf-graph-compile`` also fuses the small ops with ``torch.compile`` and attends with the query heads grouped by
+  key/value head (``llmkit.generation.grouped_attention``).
 
 Every run produces exactly ``new_tokens`` per prompt (end-of-sequence is ignored), so tokens/s compare.
 

@@ -8,7 +8,7 @@ from llmkit.generation import grouped_attention
 from llmkit.generation.fastdecode import GraphDecoder
 
 
-def key_heads_seen(model, monkeypatch, implementation: str) -> set[tuple[int, int]]:
+def key_heads_seen(model, monkeypatch) -> set[tuple[int, int]]:
     """(query heads or groups, key heads) of every one-token SDPA call in a compiled decoder's steps."""
     seen, real = set(), torch.nn.functional.scaled_dot_product_attention
 
@@ -18,21 +18,29 @@ def key_heads_seen(model, monkeypatch, implementation: str) -> set[tuple[int, in
         return real(query, key, value, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    model.set_attn_implementation(implementation)
     ids = torch.randint(100, 1000, (2, 8), device=model.device)
     with GraphDecoder(model, 2, 20, compile_small_ops=True) as decoder:
         decoder.generate(ids, torch.ones_like(ids), max_new_tokens=3)
-    torch._dynamo.reset()  # the next implementation is traced afresh
+        during = model.config._attn_implementation
+    torch._dynamo.reset()
+    assert during == grouped_attention.GROUPED_SDPA
     return seen
 
 
 def test_a_compiled_decode_step_attends_with_the_caches_own_key_value_heads(chat_dir, monkeypatch):
     model, _ = llmkit.load(str(chat_dir))
     heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
-    assert heads > kv_heads
-    assert key_heads_seen(model, monkeypatch, "sdpa") == {(heads, heads)}  # transformers: K and V repeated
-    assert key_heads_seen(model, monkeypatch, grouped_attention.register()) == {(kv_heads, kv_heads)}
-    model.set_attn_implementation("sdpa")
+    assert heads > kv_heads and model.config._attn_implementation == "sdpa"
+    assert key_heads_seen(model, monkeypatch) == {(kv_heads, kv_heads)}  # not (heads, heads): K and V not repeated
+    assert model.config._attn_implementation == "sdpa"  # the model's own attention again after the decoder
+
+
+def test_a_model_on_eager_attention_keeps_it_in_a_compiled_decoder(chat_dir):
+    model, _ = llmkit.load(str(chat_dir))
+    model.set_attn_implementation("eager")
+    with GraphDecoder(model, 1, 12, compile_small_ops=True):
+        assert model.config._attn_implementation == "eager"
+    torch._dynamo.reset()
 
 
 def test_grouped_heads_equal_repeated_heads_with_a_padding_mask():
