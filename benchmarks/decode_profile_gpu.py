@@ -39,9 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from gptq72b_gpu import model_bytes  # noqa: E402  (reused, not copied)
 from load_memory_gpu import copy_bandwidth_gbs  # noqa: E402
-from realmode_gpu import code_version  # noqa: E402
 
 import llmkit  # noqa: E402
+from llmkit.environment.env import llmkit_commit  # noqa: E402
 from llmkit.generation.bench import workload  # noqa: E402
 from llmkit.generation.fastdecode import GraphDecoder  # noqa: E402
 
@@ -187,7 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     model, tokenizer = llmkit.load(llmkit.pick_model(args.model))
-    result = {"date": datetime.date.today().isoformat(), "commit": code_version(), "model": args.model,
+    result = {"date": datetime.date.today().isoformat(), "commit": llmkit_commit(), "model": args.model,
               "dtype": str(model.dtype),
               "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
               "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,

@@ -33,6 +33,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from llmkit.environment.env import llmkit_commit
 from llmkit.generation.gpu_watch import WATCH_ENV, PeakGpuMemory, environ_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,13 +158,6 @@ def machine() -> dict:
             versions[name] = None
     return {"gpu": torch.cuda.get_device_name(0), "gpu_total_gib": round(torch.cuda.mem_get_info()[1] / 2**30, 1),
             "versions": versions}
-
-
-def code_version() -> str | None:
-    """The commit the notebooks ran at: ``$LLMKIT_COMMIT``, else ``git describe --always --dirty``: the GPU
-    machine's copy of the tree may carry a stale .git, and then the commit it names ends in "-dirty"."""
-    return os.environ.get("LLMKIT_COMMIT") or subprocess.run(
-        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or None
 
 
 def readme_table(results: Path = ROOT / "benchmarks" / "results", cards: tuple[int, ...] = (24, 40, 80)) -> str:
@@ -315,7 +309,7 @@ def main() -> None:
             print(f"--- {path.name} at {card} GB", flush=True)
             report = run_notebook(path, card, args.keep, args.cell_timeout, args.notebook_timeout, args.kernel)
             result["notebooks"][path.stem] = {**report, "gpu": info["gpu"], "date": datetime.date.today().isoformat(),
-                                              "commit": code_version(), **({"kernel": args.kernel} if args.kernel else {})}
+                                              "commit": llmkit_commit(), **({"kernel": args.kernel} if args.kernel else {})}
             print(json.dumps({k: v for k, v in report.items() if k != "skips"}, ensure_ascii=False), flush=True)
             result_file.write_text(json.dumps(result, indent=2, ensure_ascii=False))
 

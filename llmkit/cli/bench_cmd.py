@@ -98,6 +98,7 @@ def run(args) -> tuple[dict, int]:
     import torch
     import transformers
 
+    from llmkit.environment.env import llmkit_commit
     from llmkit.generation.bench import workload
     from llmkit.hub import locate
 
@@ -123,7 +124,8 @@ def run(args) -> tuple[dict, int]:
                                                          split * limit["limit_steps_per_s"])
         rows.append({"requested": backend if split == 1 else f"{backend}-tp{split}", **row})
     data = {
-        "date": datetime.date.today().isoformat(), "model": model_ref, "model_id": args.model or DEFAULT_STANDIN,
+        "date": datetime.date.today().isoformat(), "commit": llmkit_commit(), "model": model_ref,
+        "model_id": args.model or DEFAULT_STANDIN,
         "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()})",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},

@@ -131,6 +131,22 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]  # the course's folder when llmkit runs from its checkout
+
+
+def llmkit_commit(checkout: Path = CHECKOUT) -> str | None:
+    """The course's commit, for result files: ``$LLMKIT_COMMIT``, else ``git describe --always --dirty`` of
+    ``checkout`` (None outside a git checkout). A tree copied over a stale ``.git`` (as onto a GPU machine) ends in
+    "-dirty".
+
+    >>> llmkit_commit(Path("/")) is None or "LLMKIT_COMMIT" in os.environ  # not a checkout
+    True
+    """
+    if os.environ.get("LLMKIT_COMMIT"):
+        return os.environ["LLMKIT_COMMIT"]
+    return (_run(["git", "-C", str(checkout), "describe", "--always", "--dirty"]) or "").strip() or None
+
+
 GPTQ_KERNEL_CHECK = (
     "from gptqmodel.utils.marlin import marlin_runtime_available, marlin_runtime_error\n"
     "print('OK' if marlin_runtime_available() else 'ERROR ' + str(marlin_runtime_error()))"

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from llmkit.cli import main
+from llmkit.environment.env import llmkit_commit
 
 SMALL = ["bench", "--prompts", "2", "--input-len", "8", "--output-len", "4", "--repeats", "1"]
 
@@ -22,6 +23,7 @@ def test_bench_writes_json_and_chart(tmp_path, capsys):
     assert rows["hf-fast"]["backend"] == "hf"  # no CUDA here: hf-fast is plain generate
     assert all(r["new_tokens"] == 4 and r["prompts"] == 2 and r["tokens_per_s"] > 0 for r in rows.values())
     assert printed["workload"] == {"prompts": 2, "input_len": 8, "output_len": 4, "repeats": 1}
+    assert printed["commit"] == llmkit_commit()  # the course's commit (this checkout's, or $LLMKIT_COMMIT)
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     limit = printed["bandwidth_limit"]  # measured in the same run: every weight byte once per step
     assert limit["device"] == "cpu" and limit["copy_bandwidth_gb_s"] > 0

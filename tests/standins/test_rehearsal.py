@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from llmkit import card
+from llmkit.environment.env import llmkit_commit
 from llmkit.standins import rehearsal
 from llmkit.cli import main
 from llmkit.errors import BadInput
@@ -295,17 +296,16 @@ def test_the_lora_free_probe_still_patches_notebook_06():
     assert "PROBE_MODEL()" in cells[-1].source
 
 
-def test_the_gpu_runner_marks_a_commit_whose_tree_was_changed(tmp_path, monkeypatch):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import realmode_gpu
-
+def test_result_files_name_the_commit_and_mark_a_tree_that_was_changed(tmp_path, monkeypatch):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "f").write_text("a")
     subprocess.run([*git, "add", "f"], check=True)
     subprocess.run([*git, "commit", "-qm", "x"], check=True)
     monkeypatch.delenv("LLMKIT_COMMIT", raising=False)
-    monkeypatch.setattr(realmode_gpu, "ROOT", tmp_path)
-    assert not realmode_gpu.code_version().endswith("-dirty")
+    commit = llmkit_commit(tmp_path)
+    assert commit and not commit.endswith("-dirty")
     (tmp_path / "f").write_text("b")  # a newer tree copied over a stale .git
-    assert realmode_gpu.code_version().endswith("-dirty")
+    assert llmkit_commit(tmp_path) == f"{commit}-dirty"
+    monkeypatch.setenv("LLMKIT_COMMIT", "abc1234")  # what the GPU runner is told
+    assert llmkit_commit(tmp_path) == "abc1234"
