@@ -20,6 +20,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from llmkit.environment.env import llmkit_commit
+
 GB = 1e9
 
 
@@ -92,11 +94,9 @@ def main() -> None:
                "tests": next(s for k, s in stages.items() if k.endswith("pytest tests")),
                "notebooks": next(s for k, s in stages.items() if "--nbval" in k), "all": stages["all"]}
     home = args.home / ".cache" / "llmkit"
-    commit = subprocess.run(["git", "-C", str(args.checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=True).stdout.strip()
     result = {"what": "the README's test command run by .ci/run on a fresh clone with an empty HOME",
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": None},
-              "date": datetime.date.today().isoformat(), "commit": commit, "stage_seconds": stages,
+              "date": datetime.date.today().isoformat(), "commit": llmkit_commit(args.checkout), "stage_seconds": stages,
               "minutes": {k: round(v / 60, 1) for k, v in by_kind.items()},
               "disk_gb": {"checkout_with_venv": folder_gb(args.checkout), "llmkit_home": folder_gb(home),
                           "llamafactory_venv": folder_gb(home / "venv-llamafactory")}}
