@@ -160,6 +160,10 @@ def test_vllm_bench_tables_quote_the_result_files():
     seed = json.loads((ROOT / "benchmarks" / "results" / "bench_seed_h100.json").read_text())
     assert f"**{seed['vllm_over_hf']['this_run']}×**" in english and f"**{seed['vllm_over_hf']['this_run']} 倍**" in chinese
     assert f"{seed['vllm_over_hf']['source_tutorial']}×" in english
+    other_host = json.loads((ROOT / "benchmarks" / "results" / "bench_seed_h100_other_host.json").read_text())
+    plain = next(row for row in other_host["results"] if row["requested"] == "hf")
+    assert all(f"{plain['tokens_per_s']} tok/s" in half and "bench_seed_h100_other_host.json" in half
+               for half in (english, chinese))
     vllm = next(row for row in seed["results"] if row["requested"] == "vllm")
     assert f"{vllm['details']['load_s']} s" in english
     grouped = {r["workload"]: r for r in json.loads(
