@@ -14,7 +14,8 @@ For one model and batch size it measures, in one process, with the bandwidth lim
   (``GraphDecoder(fuse_projections=True)``), its step time and kernels; ``--variants`` also times the step through
   ``torch.compile`` (``compiled``, ``compiled_fused``: ``hf-fast``'s path; a compile per variant and batch size,
   about a minute each on a GPU), with inductor's autotuned matrix products (``compiled_fused_autotune``) and with
-  other attention kernels (``compiled_fused_eager_attention``, ``compiled_fused_efficient_sdpa``). A compiled step
+  other attention kernels (``compiled_fused_eager_attention``, ``compiled_fused_efficient_sdpa``,
+  ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax). A compiled step
   groups the query heads by key/value head (``GraphDecoder`` does it since ``decode_profile_grouped_h100.json``,
   which measured it as the variant ``compiled_fused_grouped_sdpa`` against K and V repeated per query head).
 
@@ -35,6 +36,9 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gptq72b_gpu import model_bytes  # noqa: E402  (reused, not copied)
@@ -102,16 +106,40 @@ VARIANTS = {  # GraphDecoder options of each variant the profile suggested; "att
     # memory-efficient kernel: flash cannot take the decoder's additive mask)
     "compiled_fused_eager_attention": {**HF_FAST, "attention": "eager"},
     "compiled_fused_efficient_sdpa": {**HF_FAST, "attention": "sdpa-efficient"},
+    # the grouped step's attention as two matrix products and a softmax inductor fuses with the mask (cuDNN's SDPA
+    # kernel took 6.3 % of the grouped 25-row step, about 4 times its bytes' time)
+    "compiled_fused_grouped_matmul": {**HF_FAST, "attention": "grouped-matmul"},
 }
+GROUPED_MATMUL = "llmkit_profile_grouped_matmul"
+
+
+def grouped_matmul_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """``grouped_attention.grouped_query_sdpa`` with ``query @ key.T``, softmax and ``@ value`` instead of SDPA."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    if query.shape[2] != 1 or groups == 1 or (attention_mask is not None and attention_mask.shape[1] != 1):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    batch, heads, _, dim = query.shape
+    scores = query.reshape(batch, heads // groups, groups, dim) @ key.transpose(-1, -2)
+    scores = scores.float() * (scaling if scaling is not None else dim ** -0.5)
+    if attention_mask is not None:  # [batch, 1, 1, length]: True (or 0.0) where a row may attend
+        scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
+                  else scores + attention_mask)
+    grouped = scores.softmax(-1).to(value.dtype) @ value  # [batch, kv_heads, groups, dim]
+    return grouped.reshape(batch, 1, heads, value.shape[-1]), None
 
 
 @contextlib.contextmanager
 def attention(model, choice: str | None):
-    """The model's attention as ``choice`` says ("eager", "sdpa-efficient"; None: unchanged) inside
+    """The model's attention as ``choice`` says ("eager", "sdpa-efficient", "grouped-matmul"; None: unchanged) inside
     the block."""
     implementation, cudnn = model.config._attn_implementation, torch.backends.cuda.cudnn_sdp_enabled()
     if choice == "eager":
         model.set_attn_implementation("eager")
+    elif choice == "grouped-matmul":
+        AttentionInterface.register(GROUPED_MATMUL, grouped_matmul_attention)
+        AttentionMaskInterface.register(GROUPED_MATMUL, sdpa_mask)
+        model.set_attn_implementation(GROUPED_MATMUL)
     elif choice == "sdpa-efficient":
         torch.backends.cuda.enable_cudnn_sdp(False)
     elif choice is not None:
