@@ -15,7 +15,8 @@ For one model and batch size it measures, in one process, with the bandwidth lim
   ``torch.compile`` (``compiled``, ``compiled_fused``: ``hf-fast``'s path; a compile per variant and batch size,
   about a minute each on a GPU), with inductor's autotuned matrix products (``compiled_fused_autotune``) and with
   other attention kernels (``compiled_fused_eager_attention``, ``compiled_fused_efficient_sdpa``,
-  ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax). A compiled step
+  ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax), and with a GPTQ
+  model's Marlin layers fused as well (``compiled_fused_marlin``). A compiled step
   groups the query heads by key/value head (``GraphDecoder`` does it since ``decode_profile_grouped_h100.json``,
   which measured it as the variant ``compiled_fused_grouped_sdpa`` against K and V repeated per query head).
 
@@ -101,6 +102,9 @@ VARIANTS = {  # GraphDecoder options of each variant the profile suggested; "att
     "compiled": {"compile_small_ops": True},
     "compiled_fused": HF_FAST,  # the query heads grouped by key/value head in attention (GraphDecoder does it compiled)
     "compiled_fused_autotune": {**HF_FAST, "compile_mode": "max-autotune-no-cudagraphs"},
+    # GPTQ Marlin layers fused too (q/k/v and gate/up: GraphDecoder(fuse_quantized=True)); the same as compiled_fused
+    # for a model without them
+    "compiled_fused_marlin": {**HF_FAST, "fuse_quantized": True},
     # the attention step (cuDNN's SDPA kernel took about 5 % of the compiled step, for 1 query row over 320 keys):
     # transformers' eager attention, whose matmuls, softmax and mask inductor can fuse; SDPA without cuDNN (the
     # memory-efficient kernel: flash cannot take the decoder's additive mask)
@@ -155,12 +159,20 @@ def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, 
                  save) -> None:
     """Step time (and on CUDA the top kernels) of the named ``VARIANTS``, same workload, into ``rows``;
     ``save()`` after each."""
+    layer = model.model.layers[0].self_attn
+    x = torch.randn(batch, 1, model.config.hidden_size, device=model.device, dtype=model.dtype)
+    with torch.no_grad():  # the first layer's q, k and v, each layer on its own (plain or quantized)
+        separate = torch.cat([getattr(layer, name)(x) for name in ("q_proj", "k_proj", "v_proj")], dim=-1)
     for name in names:
         options = dict(VARIANTS[name])
         with attention(model, options.pop("attention", None)), \
                 decoder_at(model, tokenizer, batch, 64, 64 + 256, **options) as decoder:
             step_s = timed(step_fn(decoder))
             rows[name] = {"step_s": round(step_s, 6), "tokens_per_s": round(batch / step_s, 1)}
+            if hasattr(layer.q_proj, "product"):  # the fused product against the layers (a wrong concatenation: ~1)
+                with torch.no_grad():
+                    error = (layer.q_proj.product(x) - separate).abs().max() / separate.abs().max()
+                rows[name]["fused_qkv_relative_error"] = float(error)
             if limit_steps_per_s:
                 rows[name]["fraction_of_limit"] = round(1 / step_s / limit_steps_per_s, 3)
             if torch.cuda.is_available():

@@ -14,6 +14,7 @@ On the CPU (no graphs) the same steps run eagerly, which is how CI checks the to
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 import weakref
@@ -61,6 +62,11 @@ class GraphDecoder:
     bandwidth the MLP's reach; on an H200 the compiled batch-1 step took 5.69 ms unfused and 4.85 ms with both:
     ``decode_profile_fused_h200.json``); the weights are not copied: the layers' weights become views of one fused
     tensor. A model whose forward calls the projections in another order stops with an error.
+    ``fuse_quantized=True`` (with ``fuse_projections``) fuses gptqmodel's GPTQ Marlin layers the same way: packed
+    weights, scales and bias side by side, for layers a multiple of 64 columns wide without act-order (Qwen2-72B's
+    separate k and v products are 1024 columns each). Off by default until a GPU has measured it
+    (``benchmarks/decode_profile_gpu.py``'s ``compiled_fused_marlin`` variant compares the fused product with the
+    separate layers and times the step).
     ``capture_prefill=True`` (on CUDA) also captures the prompt's forward pass, once per prompt shape, and replays it
     in later calls of that shape: for workloads that repeat a shape (benchmarks, a server with fixed-size buckets);
     eager, a prefill launches every kernel from Python (44.6 ms for 64 tokens of a 7B model on an H200 in
@@ -76,7 +82,7 @@ class GraphDecoder:
 
     def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool | None = None,
                  compile_small_ops: bool = False, compile_mode: str = "default", fuse_projections: bool = False,
-                 capture_prefill: bool = False):
+                 capture_prefill: bool = False, fuse_quantized: bool = False):
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
         self.cuda_graph = model.device.type == "cuda" if cuda_graph is None else cuda_graph
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
@@ -84,8 +90,8 @@ class GraphDecoder:
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.step_mask = torch.zeros(batch_size, 1, 1, max_len, dtype=model.dtype, device=device)
+        fused = _fuse_projections(model, fuse_quantized) if fuse_projections else []  # first: a fused Marlin product goes behind the op
         patched = _put_quantized_behind_op(model) if compile_small_ops else []
-        fused = _fuse_projections(model) if fuse_projections else []
         attention = _group_query_heads(model) if compile_small_ops else None
         self.forward = torch.compile(model, mode=compile_mode, dynamic=False) if compile_small_ops else model
         self._restore = weakref.finalize(self, _restore_model, model, patched, fused, attention)
@@ -243,35 +249,78 @@ def _restore_quantized(patched: list[torch.nn.Module]) -> None:
 # Projections that read the same input, in the order transformers' attention and MLP forwards call them (Qwen2,
 # Llama and their kin): fused, the first layer's place computes all of them and the others hand out their slices.
 FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+# The tensors a fused group concatenates along the layers' output dimension (which dimension that is), by layer type:
+# plain linear layers, and gptqmodel's GPTQ Marlin layers, whose packed weights, scales and bias keep each 64-column
+# block of the output together (Marlin's 16 x 64 tiles; scales and bias permuted within 64 and 32 columns), so that
+# layers 64 columns wide or a multiple of it concatenate as they are (Qwen2-72B: 8192, 1024, 29696).
+_OUTPUT_DIMS = {"Linear": {"weight": 0, "bias": 0}, "MarlinLinear": {"qweight": -1, "scales": -1, "bias": -1}}
+
+
+def _kind(layer) -> str | None:
+    """The ``_OUTPUT_DIMS`` key of a layer a group can fuse; None for any other (LoRA-wrapped, other kernels)."""
+    if type(layer) is torch.nn.Linear:
+        return "Linear"
+    if type(layer).__name__ == "MarlinLinear" and type(layer).__module__.startswith("gptqmodel."):
+        return "MarlinLinear"
+    return None
+
+
+class _ConcatenatedLinear(torch.nn.Module):
+    """Plain linear layers' weights (and biases) side by side, as plain tensors: ``parameters()`` counts the layers'
+    own views of them once."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def _concatenated(layers: list[torch.nn.Module]) -> torch.nn.Module:
+    """One layer computing every layer's output side by side; the layers' own tensors become views of its tensors
+    (nothing is copied twice)."""
+    first, wholes = layers[0], {}
+    for name, dim in _OUTPUT_DIMS[_kind(first)].items():
+        parts = [getattr(layer, name) for layer in layers]
+        if parts[0] is None:
+            continue
+        wholes[name] = torch.cat([part.detach() for part in parts], dim=dim)
+        for part, view in zip(parts, wholes[name].split([part.shape[dim] for part in parts], dim=dim)):
+            part.data = view
+    if _kind(first) == "Linear":
+        return _ConcatenatedLinear(wholes["weight"], wholes.get("bias"))
+    product = copy.copy(first)  # Marlin: the same kernel settings and workspace, with the concatenated tensors
+    product._parameters, product._buffers = dict(first._parameters), dict(first._buffers)
+    for name, whole in wholes.items():
+        setattr(product, name, torch.nn.Parameter(whole, requires_grad=False) if name in first._parameters else whole)
+    product.out_features = sum(layer.out_features for layer in layers)
+    return product
 
 
 class _FusedLinear(torch.nn.Module):
     """Sits in the first projection's place (``q_proj``, ``gate_proj``): one product for the whole group;
     ``_FusedPart`` in the other places hands out the other slices of the same product."""
 
-    def __init__(self, layers: list[torch.nn.Linear], names: tuple[str, ...]):
+    def __init__(self, layers: list[torch.nn.Module], names: tuple[str, ...]):
         super().__init__()
         self.originals = torch.nn.ModuleList(layers)  # still in the module tree: parameters() counts them
         self.names, self.users, self.rest, self.input = names, 1, (), None
         self.sizes = [layer.out_features for layer in layers]
-        self.weight = torch.cat([layer.weight.detach() for layer in layers])
-        self.bias = torch.cat([layer.bias.detach() for layer in layers]) if layers[0].bias is not None else None
-        for layer, weight in zip(layers, self.weight.split(self.sizes)):
-            layer.weight.data = weight  # a view: the layers' own copies are freed
-        for layer, bias in zip(layers, self.bias.split(self.sizes) if self.bias is not None else ()):
-            layer.bias.data = bias
+        self.product = _concatenated(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.input = x
-        first, *self.rest = torch.nn.functional.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+        first, *self.rest = self.product(x).split(self.sizes, dim=-1)
         return first
 
-    def unfused(self) -> tuple[torch.nn.Linear, ...]:
-        """The layers, each with weights of its own again."""
+    def unfused(self) -> tuple[torch.nn.Module, ...]:
+        """The layers, each with tensors of its own again."""
         for layer in self.originals:
-            layer.weight.data = layer.weight.data.clone()
-            if layer.bias is not None:
-                layer.bias.data = layer.bias.data.clone()
+            for name in _OUTPUT_DIMS[_kind(layer)]:
+                tensor = getattr(layer, name)
+                if tensor is not None:
+                    tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
         return tuple(self.originals)
 
 
@@ -289,25 +338,32 @@ class _FusedPart(torch.nn.Module):
         return fused.rest[self.index]
 
 
-def _fusable(module, names: tuple[str, ...]) -> bool:
+def _fusable(module, names: tuple[str, ...], quantized: bool) -> bool:
     layers = [getattr(module, name, None) for name in names]
-    if not all(type(layer) is torch.nn.Linear for layer in layers):  # exactly Linear: not quantized, not LoRA-wrapped
+    kind = _kind(layers[0])
+    if kind is None or (kind != "Linear" and not quantized) or any(type(layer) is not type(layers[0]) for layer in layers) or len(
+            {layer.bias is None for layer in layers}) != 1:
         return False
-    weights = [layer.weight for layer in layers]
-    return (len({(w.device, w.dtype, w.shape[1]) for w in weights}) == 1 and weights[0].device.type != "meta"
-            and len({layer.bias is None for layer in layers}) == 1)
+    if kind == "Linear":
+        weights = [layer.weight for layer in layers]
+        return len({(w.device, w.dtype, w.shape[1]) for w in weights}) == 1 and weights[0].device.type != "meta"
+    return (not any(hasattr(layer, "llmkit_op_key") for layer in layers)  # behind another decoder's op: left alone
+            and len({(layer.in_features, layer.bits, layer.group_size, layer.qweight.device, layer.scales.dtype)
+                     for layer in layers}) == 1
+            and all(layer.out_features % 64 == 0 and layer._marlin_tile_padding is None and layer.adapter is None
+                    and layer.g_idx.numel() == 0 for layer in layers))  # act-order layers sort their inputs apart
 
 
-def _fuse_projections(model) -> list[tuple[torch.nn.Module, tuple[str, ...]]]:
+def _fuse_projections(model, quantized: bool = False) -> list[tuple[torch.nn.Module, tuple[str, ...]]]:
     """Put ``_FusedLinear`` in every attention (q/k/v) and MLP (gate/up) whose projections are plain linear layers on
-    one device (groups already fused by another live decoder are shared, counted); returns the groups to restore."""
+    one device (``quantized``: also GPTQ Marlin layers of one setting) (groups already fused by another live decoder are shared, counted); returns the groups to restore."""
     groups = []
     for module in model.modules():
         for names in FUSED_GROUPS:
             first = getattr(module, names[0], None)
             if isinstance(first, _FusedLinear):
                 first.users += 1
-            elif _fusable(module, names):
+            elif _fusable(module, names, quantized):
                 fused = _FusedLinear([getattr(module, name) for name in names], names)
                 for index, name in enumerate(names):
                     setattr(module, name, _FusedPart(fused, index - 1) if index else fused)

@@ -140,6 +140,59 @@ def test_fused_projections_called_in_another_order_fail_clearly(chat_dir, monkey
             decoder.generate(batch["input_ids"], batch["attention_mask"], 4)
 
 
+class MarlinLinear(torch.nn.Module):
+    """Stands in for gptqmodel's GPTQ Marlin layer (there is no Marlin on a CPU): ``qweight`` [in, out] and ``scales``
+    [1, out] as buffers with the output last, as Marlin's packed tiles have it; y = x @ qweight * scales."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features, self.bias = linear.in_features, linear.out_features, None
+        self.bits, self.group_size, self._marlin_tile_padding, self.adapter = 4, 128, None, None
+        self.register_buffer("qweight", linear.weight.detach().t().contiguous())
+        self.register_buffer("scales", torch.full((1, linear.out_features), 1.0, dtype=linear.weight.dtype))
+        self.register_buffer("g_idx", torch.empty(0, dtype=torch.int32))
+
+    def forward(self, x):
+        return x @ self.qweight * self.scales
+
+
+MarlinLinear.__module__ = "gptqmodel.nn_modules.qlinear.marlin"  # where fastdecode recognises Marlin layers
+
+
+def test_marlin_layers_fuse_when_asked_behind_the_op_and_are_given_back():
+    """fuse_quantized: GPTQ Marlin layers of one setting fuse like plain ones (their packed tensors side by side along
+    the output dimension) and the fused product goes behind the compiled step's opaque op; the same tokens; then the
+    layers as they were, each with tensors of its own. Without it they stay apart. On a GPU, decode_profile_gpu.py's
+    compiled_fused_marlin variant compares real Marlin's fused product with the separate layers."""
+    from llmkit.generation.fastdecode import FUSED_GROUPS
+    from llmkit.standins import standin_path
+
+    model, tokenizer = llmkit.load(str(standin_path("xverse-chat")))  # q, k, v: 64 wide each, gate and up 256
+    for layer in model.model.layers:
+        for module, names in zip((layer.self_attn, layer.mlp), FUSED_GROUPS):
+            for name in names:
+                setattr(module, name, MarlinLinear(getattr(module, name)))
+    batch = left_padded(tokenizer, QUESTIONS[:2])
+    expected = reference(model, tokenizer, batch, 12)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    attention = model.model.layers[0].self_attn
+    with GraphDecoder(model, 2, batch["input_ids"].shape[1] + 12, fuse_projections=True):
+        assert type(attention.q_proj) is MarlinLinear  # not asked to: left apart
+    with GraphDecoder(model, 2, batch["input_ids"].shape[1] + 12, fuse_projections=True, fuse_quantized=True,
+                      compile_small_ops=True) as decoder:
+        fused = attention.q_proj
+        assert type(fused.product) is MarlinLinear and fused.product.out_features == 3 * 64
+        assert hasattr(fused.product, "llmkit_eager_forward")  # compiled around, not traced
+        storages = {layer.qweight.untyped_storage().data_ptr() for layer in (*fused.originals, fused.product)}
+        assert len(storages) == 1  # views of the product's tensor: nothing held twice
+        assert torch.equal(decoder.generate(batch["input_ids"], batch["attention_mask"], 12), expected)
+    layers = [attention.q_proj, attention.k_proj, attention.v_proj]
+    assert all(type(layer) is MarlinLinear and layer.qweight.is_contiguous() for layer in layers)
+    assert len({layer.qweight.untyped_storage().data_ptr() for layer in layers}) == 3
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)
+
+
 def test_llama_architecture_too(tmp_path):
     """Llama's forward builds its mask without Qwen2's shortcut: the decoder's 4-D mask must work there too."""
     from llmkit.standins import standin_path
@@ -168,6 +221,7 @@ def test_the_decode_profile_benchmark_runs_on_the_cpu(tmp_path):
     for row in rows:
         assert row["step_s"] > 0 and row["argmax_s"] > 0 and row["prefill_s"] > 0 and row["prefill_captured_s"] > 0
         assert row["variants"]["fused"]["step_s"] > 0
+        assert 0 <= row["variants"]["fused"]["fused_qkv_relative_error"] < 1e-3
         assert set(row["step_s_by_max_len"]) == {"128", "512", "2048"}
 
 
