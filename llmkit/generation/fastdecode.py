@@ -90,7 +90,8 @@ class GraphDecoder:
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.step_mask = torch.zeros(batch_size, 1, 1, max_len, dtype=model.dtype, device=device)
-        fused = _fuse_projections(model, fuse_quantized) if fuse_projections else []  # first: a fused Marlin product goes behind the op
+        # fused first: a fused Marlin product then goes behind the opaque op like the other quantized layers
+        fused = _fuse_projections(model, fuse_quantized) if fuse_projections else []
         patched = _put_quantized_behind_op(model) if compile_small_ops else []
         attention = _group_query_heads(model) if compile_small_ops else None
         self.forward = torch.compile(model, mode=compile_mode, dynamic=False) if compile_small_ops else model
@@ -341,8 +342,9 @@ class _FusedPart(torch.nn.Module):
 def _fusable(module, names: tuple[str, ...], quantized: bool) -> bool:
     layers = [getattr(module, name, None) for name in names]
     kind = _kind(layers[0])
-    if kind is None or (kind != "Linear" and not quantized) or any(type(layer) is not type(layers[0]) for layer in layers) or len(
-            {layer.bias is None for layer in layers}) != 1:
+    if kind is None or (kind != "Linear" and not quantized):
+        return False
+    if any(type(layer) is not type(layers[0]) for layer in layers) or len({layer.bias is None for layer in layers}) != 1:
         return False
     if kind == "Linear":
         weights = [layer.weight for layer in layers]
@@ -356,7 +358,8 @@ def _fusable(module, names: tuple[str, ...], quantized: bool) -> bool:
 
 def _fuse_projections(model, quantized: bool = False) -> list[tuple[torch.nn.Module, tuple[str, ...]]]:
     """Put ``_FusedLinear`` in every attention (q/k/v) and MLP (gate/up) whose projections are plain linear layers on
-    one device (``quantized``: also GPTQ Marlin layers of one setting) (groups already fused by another live decoder are shared, counted); returns the groups to restore."""
+    one device (``quantized``: also GPTQ Marlin layers of one setting); groups already fused by another live decoder
+    are shared (counted); returns the groups to restore."""
     groups = []
     for module in model.modules():
         for names in FUSED_GROUPS:
