@@ -49,6 +49,7 @@ import llmkit  # noqa: E402
 from llmkit.environment.env import llmkit_commit  # noqa: E402
 from llmkit.generation.bench import workload  # noqa: E402
 from llmkit.generation.fastdecode import GraphDecoder  # noqa: E402
+from llmkit.generation.grouped_attention import is_grouped_decode_step  # noqa: E402
 
 
 def timed(fn, repeats: int = 20) -> float:
@@ -119,11 +120,10 @@ GROUPED_MATMUL = "llmkit_profile_grouped_matmul"
 
 def grouped_matmul_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """``grouped_attention.grouped_query_sdpa`` with ``query @ key.T``, softmax and ``@ value`` instead of SDPA."""
-    groups = getattr(module, "num_key_value_groups", 1)
-    if query.shape[2] != 1 or groups == 1 or (attention_mask is not None and attention_mask.shape[1] != 1):
+    if not is_grouped_decode_step(module, query, attention_mask):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    batch, heads, _, dim = query.shape
+    groups, (batch, heads, _, dim) = module.num_key_value_groups, query.shape
     scores = query.reshape(batch, heads // groups, groups, dim) @ key.transpose(-1, -2)
     scores = scores.float() * (scaling if scaling is not None else dim ** -0.5)
     if attention_mask is not None:  # [batch, 1, 1, length]: True (or 0.0) where a row may attend

@@ -37,15 +37,26 @@ def grouped_query_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: to
     >>> grouped_query_sdpa(layer, q, kv, kv, None)[0].shape
     torch.Size([2, 1, 8, 16])
     """
-    groups = getattr(module, "num_key_value_groups", 1)
-    if query.shape[2] != 1 or groups == 1 or (attention_mask is not None and attention_mask.shape[1] != 1):
+    if not is_grouped_decode_step(module, query, attention_mask):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    batch, heads, _, dim = query.shape
+    groups, (batch, heads, _, dim) = module.num_key_value_groups, query.shape
     grouped = torch.nn.functional.scaled_dot_product_attention(
         query.reshape(batch, heads // groups, groups, dim), key, value, attn_mask=attention_mask, dropout_p=dropout,
         scale=scaling)  # [batch, kv_heads, groups, dim]: head h is row h // groups, h % groups, as repeat_kv orders them
     return grouped.reshape(batch, 1, heads, value.shape[-1]), None
+
+
+def is_grouped_decode_step(module, query: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
+    """True for one query token of a layer with grouped key/value heads and a mask shared by all heads: the call
+    ``grouped_query_sdpa`` groups (any other goes to transformers' SDPA attention).
+
+    >>> layer = type("Attention", (), {"num_key_value_groups": 4})()
+    >>> [is_grouped_decode_step(layer, torch.randn(2, 8, tokens, 16), None) for tokens in (1, 3)]
+    [True, False]
+    """
+    return (query.shape[2] == 1 and getattr(module, "num_key_value_groups", 1) > 1
+            and (attention_mask is None or attention_mask.shape[1] == 1))
 
 
 def register() -> str:
