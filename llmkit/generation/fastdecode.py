@@ -164,7 +164,7 @@ class GraphDecoder:
         if batch != self.batch_size or prompt + max_new_tokens > self.max_len:
             raise ValueError(f"this decoder holds {self.batch_size} rows of at most {self.max_len} tokens; got {batch} "
                              f"rows of {prompt} + {max_new_tokens}: make a GraphDecoder of that size")
-        start = time.perf_counter()
+        start, self.timings = time.perf_counter(), {}
         self.cache.reset()
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # real tokens only, as generate counts
         mask = _prefill_mask(attention_mask, self.max_len, self.model.dtype)
