@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -49,7 +50,7 @@ import llmkit  # noqa: E402
 from llmkit.environment.env import llmkit_commit  # noqa: E402
 from llmkit.generation.bench import workload  # noqa: E402
 from llmkit.generation.fastdecode import GraphDecoder  # noqa: E402
-from llmkit.generation.grouped_attention import is_grouped_decode_step  # noqa: E402
+from llmkit.generation.grouped_attention import grouped_query_sdpa, is_grouped_decode_step  # noqa: E402
 
 
 def timed(fn, repeats: int = 20) -> float:
@@ -115,7 +116,6 @@ VARIANTS = {  # GraphDecoder options of each variant the profile suggested; "att
     # kernel took 6.3 % of the grouped 25-row step, about 4 times its bytes' time)
     "compiled_fused_grouped_matmul": {**HF_FAST, "attention": "grouped-matmul"},
 }
-GROUPED_MATMUL = "llmkit_profile_grouped_matmul"
 
 
 def grouped_matmul_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -133,26 +133,40 @@ def grouped_matmul_attention(module, query, key, value, attention_mask, dropout=
     return grouped.reshape(batch, 1, heads, value.shape[-1]), None
 
 
+def efficient_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
+    """``grouped_attention.grouped_query_sdpa`` on SDPA's memory-efficient kernel (the math one where that kernel does
+    not exist, e.g. on a CPU). The kernel is chosen inside the traced function: a global switch such as
+    ``torch.backends.cuda.enable_cudnn_sdp(False)`` left the compiled step on cuDNN's kernel (H100, 2026-12-07)."""
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        return grouped_query_sdpa(module, query, key, value, attention_mask, **kwargs)
+
+
+PROFILE_ATTENTION = {"grouped-matmul": grouped_matmul_attention, "sdpa-efficient": efficient_sdpa_attention}
+
+
+def profile_attention_name(choice: str) -> str:
+    """The name a profile attention choice is registered under in transformers, e.g. "llmkit_profile_grouped_matmul"."""
+    return "llmkit_profile_" + choice.replace("-", "_")
+
+
 @contextlib.contextmanager
 def attention(model, choice: str | None):
     """The model's attention as ``choice`` says ("eager", "sdpa-efficient", "grouped-matmul"; None: unchanged) inside
     the block."""
-    implementation, cudnn = model.config._attn_implementation, torch.backends.cuda.cudnn_sdp_enabled()
+    implementation = model.config._attn_implementation
     if choice == "eager":
         model.set_attn_implementation("eager")
-    elif choice == "grouped-matmul":
-        AttentionInterface.register(GROUPED_MATMUL, grouped_matmul_attention)
-        AttentionMaskInterface.register(GROUPED_MATMUL, sdpa_mask)
-        model.set_attn_implementation(GROUPED_MATMUL)
-    elif choice == "sdpa-efficient":
-        torch.backends.cuda.enable_cudnn_sdp(False)
+    elif choice in PROFILE_ATTENTION:
+        name = profile_attention_name(choice)
+        AttentionInterface.register(name, PROFILE_ATTENTION[choice])
+        AttentionMaskInterface.register(name, sdpa_mask)
+        model.set_attn_implementation(name)
     elif choice is not None:
         raise ValueError(f"unknown attention choice {choice!r}")
     try:
         yield
     finally:
         model.set_attn_implementation(implementation)
-        torch.backends.cuda.enable_cudnn_sdp(cudnn)
 
 
 def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, names: list[str], rows: dict,

@@ -185,3 +185,16 @@ def test_vllm_bench_tables_quote_the_result_files():
                in half for half in (english, chinese))
     card24 = json.loads((ROOT / "benchmarks" / "results" / "vllm_startup_24gb_h100.json").read_text())
     assert f"{card24['kv_cache_gib']} GiB" in english and f"{card24['kv_cache_tokens']:,} tokens" in english
+    again = json.loads((ROOT / "benchmarks" / "results" / "notebook10_vllm_kernel_24gb_h100_time_limit.json").read_text())
+    bench10 = again["vllm_bench_throughput_24gb"]
+    for half in (english, chinese):
+        assert all(f"{bench10[b]['requests_per_s']} requests/s" in half and f"{bench10[b]['total_tokens_per_s']} tokens/s"
+                   in half for b in ("vllm", "hf"))
+        assert f"**{bench10['vllm_over_hf']}" in half and again["notebooks"]["10_serving"]["commit"] in half
+        assert all(f"{again['cell_seconds'][cell]} s" in half for cell in ("21", "23"))
+    attention = json.loads((ROOT / "benchmarks" / "results" / "decode_profile_attention_h100.json").read_text())
+    variants = attention["batches"][0]["variants"]
+    for half in (english, chinese):
+        assert f"{attention['bandwidth_limit_steps_per_s']} steps/s" in half and attention["commit"] in half
+        assert all(f"{variants[v]['step_s'] * 1000:.2f} ms" in half and f"{variants[v]['fraction_of_limit'] * 100:.1f}%"
+                   in half for v in ("compiled_fused", "compiled_fused_grouped_matmul"))

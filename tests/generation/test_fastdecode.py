@@ -228,24 +228,26 @@ def test_the_decode_profile_benchmark_runs_on_the_cpu(tmp_path):
         assert set(row["step_s_by_max_len"]) == {"128", "512", "2048"}
 
 
-@pytest.mark.parametrize("choice,compiled", [("eager", False), ("sdpa-efficient", False), ("eager", True), (None, True),
-                                             ("grouped-matmul", False), ("grouped-matmul", True)])
+@pytest.mark.parametrize("choice,compiled", [("eager", False), ("sdpa-efficient", False), ("sdpa-efficient", True),
+                                             ("eager", True), (None, True), ("grouped-matmul", False),
+                                             ("grouped-matmul", True)])
 def test_the_profiles_attention_variants_decode_the_same_and_are_undone(chat_dir, choice, compiled):
     """decode_profile_gpu.py's attention variants: other attention kernels, the same tokens, the model left as it was;
     a compiled step on SDPA groups the query heads (llmkit.generation.grouped_attention; hf-fast's path)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from decode_profile_gpu import GROUPED_MATMUL, attention
+    from decode_profile_gpu import PROFILE_ATTENTION, attention, profile_attention_name
 
     model, tokenizer = llmkit.load(str(chat_dir))
     assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped heads, as in Qwen2-7B
     batch = left_padded(tokenizer, QUESTIONS)
     before = model.config._attn_implementation
-    expected = {"eager": "eager", "grouped-matmul": GROUPED_MATMUL}.get(choice, GROUPED_SDPA if compiled else before)
+    expected = ("eager" if choice == "eager" else profile_attention_name(choice) if choice in PROFILE_ATTENTION
+                else GROUPED_SDPA if compiled else before)
     with attention(model, choice), GraphDecoder(model, 3, batch["input_ids"].shape[1] + 12, fuse_projections=True,
                                                 compile_small_ops=compiled) as decoder:
         assert model.config._attn_implementation == expected
         ours = decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=12)
-    assert model.config._attn_implementation == before and torch.backends.cuda.cudnn_sdp_enabled()
+    assert model.config._attn_implementation == before
     assert torch.equal(ours, reference(model, tokenizer, batch, 12))
     with pytest.raises(ValueError, match="unknown attention choice"), attention(model, "flash"):
         pass
