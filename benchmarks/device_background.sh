@@ -5,12 +5,13 @@
 #   bash benchmarks/device_background.sh start NAME COMMAND...  # runs COMMAND with OUT=/tmp/bg/NAME, apart from the call
 #   bash benchmarks/device_background.sh wait NAME [SECONDS]    # waits up to SECONDS (default 560) for it; copies
 #        /tmp/bg/NAME into this call's $OUT once it is done. Exit 0: done (its exit code printed), 3: still running.
-# e.g. notebook 10 at 24 GB, longer than a call (about 640 s with its vLLM cells):
+# e.g. notebook 10 at 24 GB, longer than a call (about 650 s with its vLLM cells):
 #   bash benchmarks/device_background.sh start nb10 env CALL_LIMIT_S=1500 NOTEBOOK_TIMEOUT=1400 KERNEL=llmkit-vllm \
 #     bash benchmarks/realmode_device.sh 24 "10"
 set -u
+usage() { echo "usage: $0 start NAME COMMAND... | wait NAME [SECONDS]" >&2; exit 2; }
 action=${1:-} name=${2:-}
-[ -n "$name" ] || { echo "usage: $0 start NAME COMMAND... | wait NAME [SECONDS]" >&2; exit 2; }
+[ -n "$name" ] || usage
 dir=${BG_DIR:-/tmp/bg}/$name  # BG_DIR: another place than /tmp/bg (tests)
 case "$action" in
 start)
@@ -29,5 +30,5 @@ wait)
   cp -r "$dir/out/." "${OUT:?set OUT to the output folder}/" && cp "$dir/log" "$OUT/$name.log"
   echo "$name done, exit $(cat "$dir/exit")"
   ;;
-*) echo "usage: $0 start NAME COMMAND... | wait NAME [SECONDS]" >&2; exit 2 ;;
+*) usage ;;
 esac
