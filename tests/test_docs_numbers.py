@@ -175,26 +175,31 @@ def test_vllm_bench_tables_quote_the_result_files():
         assert all(f"{grouped[w]['fraction_of_limit'] * 100:.1f}%" in half for w in grouped)
         assert f"{steps['compiled_fused']['step_s'] * 1000:.2f} ms" in half
         assert f"{steps['compiled_fused_grouped_sdpa']['step_s'] * 1000:.2f} ms" in half
-    run10 = json.loads((ROOT / "benchmarks" / "results" / "notebook10_vllm_kernel_24gb_h100.json").read_text())
-    run10 = run10["notebooks"]["10_serving"]
-    cells = run10["passed"] + run10["failed"]
-    assert f"{run10['passed']} of its {cells} cells passed" in english and f"{cells} 格中 {run10['passed']} 格通过" in chinese
-    assert all(f"{run10['peak_gpu_gib']} GiB" in half for half in (english, chinese))
+    runs10 = {card: json.loads((ROOT / "benchmarks" / "results" / f"notebook10_vllm_kernel_{card}gb_h100.json").read_text())
+              for card in (24, 80)}
+    for card, run10 in runs10.items():
+        notebook, bench10 = run10["notebooks"]["10_serving"], run10["vllm_bench_throughput"]
+        cells = notebook["passed"] + notebook["failed"]
+        assert notebook["failed"] == 0 and f"all {cells} cells passed" in english and f"{cells} 格全部通过" in chinese
+        for half in (english, chinese):
+            assert f"{notebook['peak_gpu_gib']} GiB, {notebook['wall_s']} s" in half.replace("，", ", ")
+            assert f"{card} GB | {bench10['vllm']['requests_per_s']} requests/s" in half
+            assert all(f"{bench10[b]['total_tokens_per_s']} tokens/s" in half for b in ("vllm", "hf"))
+            assert f"**{bench10['vllm_over_hf']}" in half and notebook["commit"] in half
+    for half in (english, chinese):
+        assert all(f"{runs10[24]['cell_seconds'][cell]} s" in half for cell in ("21", "23", "25"))
     throughput = json.loads((ROOT / "benchmarks" / "results" / "vllm_bench_throughput_h100.json").read_text())
     assert all(f"{throughput['total_tokens_per_s']} tokens/s" in half and f"{throughput['peak_gpu_memory_mib_nvidia_smi']} MiB"
                in half for half in (english, chinese))
     card24 = json.loads((ROOT / "benchmarks" / "results" / "vllm_startup_24gb_h100.json").read_text())
     assert f"{card24['kv_cache_gib']} GiB" in english and f"{card24['kv_cache_tokens']:,} tokens" in english
-    again = json.loads((ROOT / "benchmarks" / "results" / "notebook10_vllm_kernel_24gb_h100_time_limit.json").read_text())
-    bench10 = again["vllm_bench_throughput_24gb"]
-    for half in (english, chinese):
-        assert all(f"{bench10[b]['requests_per_s']} requests/s" in half and f"{bench10[b]['total_tokens_per_s']} tokens/s"
-                   in half for b in ("vllm", "hf"))
-        assert f"**{bench10['vllm_over_hf']}" in half and again["notebooks"]["10_serving"]["commit"] in half
-        assert all(f"{again['cell_seconds'][cell]} s" in half for cell in ("21", "23"))
-    attention = json.loads((ROOT / "benchmarks" / "results" / "decode_profile_attention_h100.json").read_text())
-    variants = attention["batches"][0]["variants"]
-    for half in (english, chinese):
-        assert f"{attention['bandwidth_limit_steps_per_s']} steps/s" in half and attention["commit"] in half
-        assert all(f"{variants[v]['step_s'] * 1000:.2f} ms" in half and f"{variants[v]['fraction_of_limit'] * 100:.1f}%"
-                   in half for v in ("compiled_fused", "compiled_fused_grouped_matmul"))
+    profiles = {"decode_profile_attention_h100.json": ("compiled_fused", "compiled_fused_grouped_matmul"),
+                "decode_profile_variants_b25_h100.json": ("compiled_fused", "compiled_fused_efficient_sdpa",
+                                                          "compiled_fused_autotune")}
+    for name, shown in profiles.items():
+        profile = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+        variants = profile["batches"][0]["variants"]
+        for half in (english, chinese):
+            assert f"{profile['bandwidth_limit_steps_per_s']} steps/s" in half and profile["commit"] in half
+            assert all(f"{variants[v]['step_s'] * 1000:.2f} ms" in half and f"{variants[v]['fraction_of_limit'] * 100:.1f}%"
+                       in half for v in shown), name

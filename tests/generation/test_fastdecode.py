@@ -152,8 +152,10 @@ class MarlinLinear(torch.nn.Module):
         self.in_features, self.out_features, self.bias = linear.in_features, linear.out_features, None
         self.bits, self.group_size, self._marlin_tile_padding, self.adapter = 4, 128, None, None
         self.register_buffer("qweight", linear.weight.detach().t().contiguous())
-        self.register_buffer("scales", torch.full((1, linear.out_features), 1.0, dtype=linear.weight.dtype))
-        self.register_buffer("g_idx", torch.empty(0, dtype=torch.int32))
+        weight = linear.weight  # on the GPU in a GPU run: every buffer beside it
+        ones = torch.ones(1, linear.out_features, dtype=weight.dtype, device=weight.device)
+        self.register_buffer("scales", ones)
+        self.register_buffer("g_idx", torch.empty(0, dtype=torch.int32, device=weight.device))
 
     def forward(self, x):
         return x @ self.qweight * self.scales
