@@ -15,8 +15,11 @@ For one model and batch size it measures, in one process, with the bandwidth lim
   ``torch.compile`` (``compiled``, ``compiled_fused``: ``hf-fast``'s path; a compile per variant and batch size,
   about a minute each on a GPU), with inductor's autotuned matrix products (``compiled_fused_autotune``) and with
   other attention kernels (``compiled_fused_eager_attention``, ``compiled_fused_efficient_sdpa``,
-  ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax), and with a GPTQ
-  model's Marlin layers fused as well (``compiled_fused_marlin``). A compiled step
+  ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax;
+  ``compiled_fused_flex``: on FlexAttention's decoding kernel), with the prompt's forward pass compiled too
+  (``compiled_fused_compiled_prefill``), and with a GPTQ model's Marlin layers fused as well
+  (``compiled_fused_marlin``); each variant's row has its first call's seconds (compilation) and its prefill's. A
+  compiled step
   groups the query heads by key/value head (``GraphDecoder`` does it since ``decode_profile_grouped_h100.json``,
   which measured it as the variant ``compiled_fused_grouped_sdpa`` against K and V repeated per query head).
 
@@ -115,6 +118,11 @@ VARIANTS = {  # GraphDecoder options of each variant the profile suggested; "att
     # the grouped step's attention as two matrix products and a softmax inductor fuses with the mask (cuDNN's SDPA
     # kernel took 6.3 % of the grouped 25-row step, about 4 times its bytes' time)
     "compiled_fused_grouped_matmul": {**HF_FAST, "attention": "grouped-matmul"},
+    # the same grouping on FlexAttention: compiled, a query of few rows takes its flash-decoding kernel, which splits
+    # the keys over thread blocks (cuDNN's kernel pads the 7 grouped rows to a 64-row tile per key/value head)
+    "compiled_fused_flex": {**HF_FAST, "attention": "grouped-flex"},
+    # the prompt's forward pass through the compiled model too, replayed from a graph (the step is compiled_fused's)
+    "compiled_fused_compiled_prefill": {**HF_FAST, "capture_prefill": True, "compile_prefill": True},
 }
 
 
@@ -133,6 +141,28 @@ def grouped_matmul_attention(module, query, key, value, attention_mask, dropout=
     return grouped.reshape(batch, 1, heads, value.shape[-1]), None
 
 
+def flex_grouped_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """``grouped_attention.grouped_query_sdpa`` on ``flex_attention``: each key/value head's grouped query heads are
+    the query rows (flex decoding takes only power-of-two query/key-value head ratios; Qwen2-7B's is 7), the additive
+    mask a ``score_mod``."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not is_grouped_decode_step(module, query, attention_mask):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups, (batch, heads, _, dim) = module.num_key_value_groups, query.shape
+    mask = attention_mask
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+    def add_mask(score, b, h, q_index, kv_index):
+        return score + mask[b, 0, 0, kv_index]
+
+    grouped = flex_attention(query.reshape(batch, heads // groups, groups, dim), key, value,
+                             score_mod=add_mask if mask is not None else None, scale=scaling)
+    return grouped.reshape(batch, 1, heads, value.shape[-1]), None
+
+
 def efficient_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     """``grouped_attention.grouped_query_sdpa`` on SDPA's memory-efficient kernel (the math one where that kernel does
     not exist, e.g. on a CPU). The kernel is chosen inside the traced function: a global switch such as
@@ -141,7 +171,8 @@ def efficient_sdpa_attention(module, query, key, value, attention_mask, **kwargs
         return grouped_query_sdpa(module, query, key, value, attention_mask, **kwargs)
 
 
-PROFILE_ATTENTION = {"grouped-matmul": grouped_matmul_attention, "sdpa-efficient": efficient_sdpa_attention}
+PROFILE_ATTENTION = {"grouped-matmul": grouped_matmul_attention, "sdpa-efficient": efficient_sdpa_attention,
+                     "grouped-flex": flex_grouped_attention}
 
 
 def profile_attention_name(choice: str) -> str:
@@ -151,8 +182,8 @@ def profile_attention_name(choice: str) -> str:
 
 @contextlib.contextmanager
 def attention(model, choice: str | None):
-    """The model's attention as ``choice`` says ("eager", "sdpa-efficient", "grouped-matmul"; None: unchanged) inside
-    the block."""
+    """The model's attention as ``choice`` says ("eager", "sdpa-efficient", "grouped-matmul", "grouped-flex"; None:
+    unchanged) inside the block."""
     implementation = model.config._attn_implementation
     if choice == "eager":
         model.set_attn_implementation("eager")
@@ -179,10 +210,13 @@ def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, 
         separate = torch.cat([getattr(layer, name)(x) for name in ("q_proj", "k_proj", "v_proj")], dim=-1)
     for name in names:
         options = dict(VARIANTS[name])
-        with attention(model, options.pop("attention", None)), \
-                decoder_at(model, tokenizer, batch, 64, 64 + 256, **options) as decoder:
+        with attention(model, options.pop("attention", None)):
+            start = time.perf_counter()
+            decoder = decoder_at(model, tokenizer, batch, 64, 64 + 256, **options)
+            first_call_s = time.perf_counter() - start  # compiles (for the step; the prompt's with compile_prefill)
             step_s = timed(step_fn(decoder))
-            rows[name] = {"step_s": round(step_s, 6), "tokens_per_s": round(batch / step_s, 1)}
+            rows[name] = {"step_s": round(step_s, 6), "tokens_per_s": round(batch / step_s, 1),
+                          "first_call_s": round(first_call_s, 2), "prefill_s": prefill_seconds(decoder, tokenizer)}
             if hasattr(layer.q_proj, "product"):  # the fused product against the layers (a wrong concatenation: ~1)
                 with torch.no_grad():
                     error = (layer.q_proj.product(x) - separate).abs().max() / separate.abs().max()
@@ -193,7 +227,18 @@ def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, 
                 split = kernel_split(decoder)
                 rows[name].update(kernel_s_per_step=split["kernel_s_per_step"], top_kernels=split["top_kernels"][:6],
                                   gap_s_per_step=round(step_s - split["kernel_s_per_step"], 6))
+            decoder.close()
         save()
+
+
+def prefill_seconds(decoder: GraphDecoder, tokenizer, calls: int = 6) -> float:
+    """Median prefill seconds of a decoder's calls on its 64-token workload (the first left out: it captures)."""
+    ids = torch.tensor(workload(tokenizer, decoder.batch_size, 64))
+    seconds = []
+    for _ in range(calls):
+        decoder.generate(ids, torch.ones_like(ids), max_new_tokens=1)
+        seconds.append(decoder.timings["prefill_s"])
+    return statistics.median(seconds[1:])
 
 
 def profile_batch(model, tokenizer, batch: int, limit_steps_per_s: float | None) -> dict:
@@ -221,12 +266,8 @@ def profile_batch(model, tokenizer, batch: int, limit_steps_per_s: float | None)
         row["prefill_s"] = round(timed(lambda: model(input_ids=ids, logits_to_keep=1), repeats=5), 6)
     decoder = None
     # the prompt's forward pass replayed from a graph (GraphDecoder(capture_prefill=True)): the first call captures
-    seconds = []
     with GraphDecoder(model, batch, 64 + 256, capture_prefill=True) as decoder:
-        for _ in range(6):
-            decoder.generate(ids, torch.ones_like(ids), max_new_tokens=1)
-            seconds.append(decoder.timings["prefill_s"])
-    row["prefill_captured_s"] = statistics.median(seconds[1:])
+        row["prefill_captured_s"] = prefill_seconds(decoder, tokenizer)
     return row
 
 

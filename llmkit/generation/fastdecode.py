@@ -71,7 +71,9 @@ class GraphDecoder:
     in later calls of that shape: for workloads that repeat a shape (benchmarks, a server with fixed-size buckets);
     eager, a prefill launches every kernel from Python (44.6 ms for 64 tokens of a 7B model on an H200 in
     ``decode_profile_h200.json``: 3.5 % of a 256-token batch-1 answer at 4.85 ms per step). Each shape keeps a graph
-    and its activations. Quantized layers and the fused projections get their own ``forward`` and layers back when
+    and its activations. ``compile_prefill=True`` (with ``compile_small_ops``) sends the prompt's forward pass
+    through the compiled model too: norms, rotary and the MLP's activation fuse there as in the step, at the cost of
+    a compile per prompt shape (with ``capture_prefill``, for the same repeating shapes). Quantized layers and the fused projections get their own ``forward`` and layers back when
     the decoder is closed (``close()``, the end of a ``with`` block, or when it is garbage-collected); the model is
     left as it was.
 
@@ -82,7 +84,7 @@ class GraphDecoder:
 
     def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool | None = None,
                  compile_small_ops: bool = False, compile_mode: str = "default", fuse_projections: bool = False,
-                 capture_prefill: bool = False, fuse_quantized: bool = False):
+                 capture_prefill: bool = False, fuse_quantized: bool = False, compile_prefill: bool = False):
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
         self.cuda_graph = model.device.type == "cuda" if cuda_graph is None else cuda_graph
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
@@ -90,19 +92,24 @@ class GraphDecoder:
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.step_mask = torch.zeros(batch_size, 1, 1, max_len, dtype=model.dtype, device=device)
+        # where the step writes: the cache slot of its input token, and the column of its output in ``generated``
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        self.column = torch.zeros(1, dtype=torch.long, device=device)
+        self.generated = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
         # fused first: a fused Marlin product then goes behind the opaque op like the other quantized layers
         fused = _fuse_projections(model, fuse_quantized) if fuse_projections else []
         patched = _put_quantized_behind_op(model) if compile_small_ops else []
         attention = _group_query_heads(model) if compile_small_ops else None
         self.forward = torch.compile(model, mode=compile_mode, dynamic=False) if compile_small_ops else model
         self._restore = weakref.finalize(self, _restore_model, model, patched, fused, attention)
-        self.graph, self.graph_next, self.timings = None, None, {}
+        self.graph, self.timings = None, {}
         self.capture_prefill, self.prefill_graphs = capture_prefill, {}  # prompt shape: (graph, inputs, logits)
+        self.compile_prefill = compile_prefill and compile_small_ops
 
     def close(self) -> None:
         """Give the model its own layers and ``forward`` back and drop the captured step; decode no more."""
         self._restore()
-        self.graph = self.graph_next = self.forward = None
+        self.graph = self.forward = None
         self.prefill_graphs.clear()
 
     def __enter__(self):
@@ -111,15 +118,25 @@ class GraphDecoder:
     def __exit__(self, *exc):
         self.close()
 
-    def _step(self) -> torch.Tensor:
+    def _step(self) -> None:
+        """One decode step and its bookkeeping, all on the device (so all inside the captured graph): the next
+        token goes to ``generated`` and becomes the next input, the position moves on and the next cache slot is
+        unmasked. A replay is then the whole step: no kernels launched between replays."""
         out = self.forward(input_ids=self.token, position_ids=self.position,
                            attention_mask=self.step_mask, past_key_values=self.cache,
                            use_cache=True, logits_to_keep=1).logits
-        return out[:, -1].argmax(-1, keepdim=True)
+        next_token = out[:, -1].argmax(-1, keepdim=True)
+        self.generated.index_copy_(1, self.column, next_token)
+        self.column += 1
+        self.token.copy_(next_token)
+        self.position += 1
+        self.slot += 1
+        self.step_mask.index_fill_(-1, self.slot, 0.0)
 
     def _prefill_forward(self, input_ids, positions, mask) -> torch.Tensor:
-        return self.model(input_ids=input_ids, position_ids=positions, attention_mask=mask,
-                          past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        forward = self.forward if self.compile_prefill else self.model
+        return forward(input_ids=input_ids, position_ids=positions, attention_mask=mask,
+                       past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
     def _prefill(self, input_ids, positions, mask) -> torch.Tensor:
         """The last prompt position's logits, filling the (reset) cache; replayed from a graph with ``capture_prefill``."""
@@ -138,13 +155,15 @@ class GraphDecoder:
         return logits
 
     def _capture(self) -> None:
-        lengths = [layer.cumulative_length.clone() for layer in self.cache.layers]
+        state = [layer.cumulative_length for layer in self.cache.layers]
+        state += [self.token, self.position, self.step_mask, self.slot, self.column]
+        saved = [tensor.clone() for tensor in state]
 
         def restore():
-            for layer, length in zip(self.cache.layers, lengths):
-                layer.cumulative_length.copy_(length)
+            for tensor, value in zip(state, saved):
+                tensor.copy_(value)
 
-        self.graph, self.graph_next = _graph_of(self._step, restore)
+        self.graph, _ = _graph_of(self._step, restore)
 
     def _clock(self, name: str, start: float) -> float:
         if self.model.device.type == "cuda":
@@ -169,30 +188,27 @@ class GraphDecoder:
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # real tokens only, as generate counts
         mask = _prefill_mask(attention_mask, self.max_len, self.model.dtype)
         self.token.copy_(self._prefill(input_ids, positions, mask).argmax(-1, keepdim=True))
+        self.generated[:, :1] = self.token
+        self.column.fill_(1)
         self.position.copy_(positions[:, -1:] + 1)
         self.step_mask.copy_(mask[:, :, -1:])
+        self.slot.fill_(prompt)
         self.step_mask[..., prompt] = 0.0
         start = self._clock("prefill_s", start)
         if self.cuda_graph and self.graph is None and max_new_tokens > 1:
             self._capture()
             start = self._clock("capture_s", start)
-        generated = [self.token.clone()]
-        for index in range(1, max_new_tokens):
+        for _ in range(1, max_new_tokens):
             if self.graph is not None:
                 self.graph.replay()
-                next_token = self.graph_next
             else:
-                next_token = self._step()
-            generated.append(next_token.clone())
-            self.token.copy_(next_token)
-            self.position += 1
-            self.step_mask[..., prompt + index] = 0.0
+                self._step()
         self._clock("decode_s", start)
-        return torch.cat(generated, dim=1)
+        return self.generated[:, :max_new_tokens].clone()
 
 
-def _graph_of(step, restore) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    """``step()`` captured as a CUDA graph, and its output tensor (refilled by each replay). Two warm-up runs on a side
+def _graph_of(step, restore) -> tuple[torch.cuda.CUDAGraph, torch.Tensor | None]:
+    """``step()`` captured as a CUDA graph, and its output tensor if any (refilled by each replay). Two warm-up runs on a side
     stream come first (lazy initialisations such as the cache's, autotuning, compilation), each followed by
     ``restore()`` so that the cache is left as it was."""
     side = torch.cuda.Stream()

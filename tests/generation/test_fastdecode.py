@@ -74,6 +74,24 @@ def test_captured_prefill_replays_other_prompts_of_the_same_shape(chat_dir, rows
         assert len(decoder.prefill_graphs) == (1 if model.device.type == "cuda" else 0)
 
 
+def test_compiled_prefill_equals_generate_and_compiles_once_per_prompt_shape(chat_dir):
+    """compile_prefill: the prompt's forward pass through the compiled model too (a graph per prompt shape on
+    CUDA); the same tokens as generate(), left padding included, for a second prompt of the same shape."""
+    model, tokenizer = llmkit.load(str(chat_dir))
+    first = left_padded(tokenizer, QUESTIONS)
+    other = left_padded(tokenizer, ["Hi", "1+1=?", "你好"], width=first["input_ids"].shape[1])
+    torch._dynamo.reset()
+    with GraphDecoder(model, 3, first["input_ids"].shape[1] + 10, compile_small_ops=True, fuse_projections=True,
+                      capture_prefill=True, compile_prefill=True) as decoder:
+        assert decoder.compile_prefill
+        for batch in (first, other):
+            assert torch.equal(decoder.generate(batch["input_ids"], batch["attention_mask"], 10),
+                               reference(model, tokenizer, batch, 10))
+        frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert frames >= 2, "the prompt's forward pass was not compiled beside the step"
+    assert not GraphDecoder(model, 1, 8, compile_prefill=True).compile_prefill  # only with compile_small_ops
+
+
 def test_compiled_step_with_gptq_layers_behind_an_opaque_op(gptq_dir):
     model, tokenizer = llmkit.load(str(gptq_dir))
     batch = left_padded(tokenizer, QUESTIONS[:2])
@@ -226,13 +244,15 @@ def test_the_decode_profile_benchmark_runs_on_the_cpu(tmp_path):
     for row in rows:
         assert row["step_s"] > 0 and row["argmax_s"] > 0 and row["prefill_s"] > 0 and row["prefill_captured_s"] > 0
         assert row["variants"]["fused"]["step_s"] > 0
+        assert row["variants"]["fused"]["first_call_s"] > 0 and row["variants"]["fused"]["prefill_s"] > 0
         assert 0 <= row["variants"]["fused"]["fused_qkv_relative_error"] < 1e-3
         assert set(row["step_s_by_max_len"]) == {"128", "512", "2048"}
 
 
 @pytest.mark.parametrize("choice,compiled", [("eager", False), ("sdpa-efficient", False), ("sdpa-efficient", True),
                                              ("eager", True), (None, True), ("grouped-matmul", False),
-                                             ("grouped-matmul", True)])
+                                             ("grouped-matmul", True), ("grouped-flex", False),
+                                             ("grouped-flex", True)])
 def test_the_profiles_attention_variants_decode_the_same_and_are_undone(chat_dir, choice, compiled):
     """decode_profile_gpu.py's attention variants: other attention kernels, the same tokens, the model left as it was;
     a compiled step on SDPA groups the query heads (llmkit.generation.grouped_attention; hf-fast's path)."""
