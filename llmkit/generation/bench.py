@@ -7,7 +7,7 @@ Backends (all plain transformers APIs; the difference is how the decode loop run
 - ``hf-cb``: continuous batching, ``model.generate_batch`` (paged KV cache; CUDA graphs on a GPU).
 - ``hf-graph``: ``llmkit.generation.fastdecode.GraphDecoder``, a ``StaticCache`` and one CUDA graph per decode step,
   captured in the warm-up and reused, with each layer's q/k/v and gate/up projections computed as one product each
-  and the prompt's forward pass captured as well (the workload repeats one prompt shape);
+  (GPTQ Marlin layers too) and the prompt's forward pass captured as well (the workload repeats one prompt shape);
   ``hf-graph-compile`` also fuses the small ops with ``torch.compile`` (in the step and in the prompt's forward
   pass) and attends with the query heads grouped by key/value head (``llmkit.generation.grouped_attention``).
 
@@ -164,7 +164,7 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
     if backend.startswith("hf-graph"):
         decoder = GraphDecoder(model, len(prompts), max(len(p) for p in prompts) + new_tokens, fuse_projections=True,
                                compile_small_ops=backend == "hf-graph-compile", compile_mode=compile_mode,
-                               capture_prefill=True, compile_prefill=True)
+                               capture_prefill=True, compile_prefill=True, fuse_quantized=True)
 
     decoder_timings = []  # each run's prefill / capture / decode seconds: the first splits the warm-up
 
