@@ -3,11 +3,17 @@
 # CUDA from the carried slim sdist; source it so the environment stays set:
 #   source benchmarks/device_setup.sh .whl .whlz        # wheel folders, installed into /tmp/t/site-packages
 #   LLAMA_BUILD=1 source benchmarks/device_setup.sh .whlz  # also build llama-cpp-python (about 5 min, in the background)
+# A folder with marlin_so.tgz (the *.so files under ~/.cache/gptqmodel/torch_extensions of a machine that built them:
+# `cd ~/.cache/gptqmodel && find torch_extensions -name "*.so" | tar czf $OUT/marlin_so.tgz -T -`) puts them back, so
+# gptqmodel loads its Marlin kernels instead of compiling them (about 230 s); its cache key is torch's and the sources'.
 # The target path contains `site-packages`: streamlit turns its developmentMode on when it does not (GPU_NOTES.md).
 T=/tmp/t/site-packages
 mkdir -p "$T" /tmp/lcpw
 for folder in "$@"; do
   ls "$folder"/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --target "$T" "$folder"/*.whl
+  if [ -f "$folder/marlin_so.tgz" ]; then  # gptqmodel's Marlin kernels built on an earlier machine (same torch, wheel)
+    mkdir -p ~/.cache/gptqmodel && tar xzf "$folder/marlin_so.tgz" -C ~/.cache/gptqmodel
+  fi
   if [ -f "$folder/llama_src.tar.xz" ] && [ ! -d /tmp/lcp ]; then
     mkdir -p /tmp/lcp && tar xJf "$folder/llama_src.tar.xz" -C /tmp/lcp
   fi
