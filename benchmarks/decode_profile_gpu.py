@@ -15,11 +15,10 @@ For one model and batch size it measures, in one process, with the bandwidth lim
   ``torch.compile`` (``compiled``, ``compiled_fused``: ``hf-fast``'s path; a compile per variant and batch size,
   about a minute each on a GPU), with inductor's autotuned matrix products (``compiled_fused_autotune``) and with
   other attention kernels (``compiled_fused_eager_attention``, ``compiled_fused_efficient_sdpa``,
-  ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax;
-  ``compiled_fused_flex``: on FlexAttention's decoding kernel), with the prompt's forward pass compiled too
-  (``compiled_fused_compiled_prefill``), and with a GPTQ model's Marlin layers fused as well
-  (``compiled_fused_marlin``); each variant's row has its first call's seconds (compilation) and its prefill's. A
-  compiled step
+  ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax), and with the prompt's
+  forward pass compiled too (``compiled_fused_compiled_prefill``); each variant's row has its first call's seconds
+  (compilation) and its prefill's. FlexAttention's decoding kernel (``decode_profile_prefill_h100.json``) and GPTQ
+  Marlin layers apart (``decode_profile_marlin_72b_h100.json``) were measured by earlier versions. A compiled step
   groups the query heads by key/value head (``GraphDecoder`` does it since ``decode_profile_grouped_h100.json``,
   which measured it as the variant ``compiled_fused_grouped_sdpa`` against K and V repeated per query head).
 
@@ -107,9 +106,6 @@ VARIANTS = {  # GraphDecoder options of each variant the profile suggested; "att
     "compiled": {"compile_small_ops": True},
     "compiled_fused": HF_FAST,  # the query heads grouped by key/value head in attention (GraphDecoder does it compiled)
     "compiled_fused_autotune": {**HF_FAST, "compile_mode": "max-autotune-no-cudagraphs"},
-    # GPTQ Marlin layers fused too (q/k/v and gate/up: GraphDecoder(fuse_quantized=True)); the same as compiled_fused
-    # for a model without them
-    "compiled_fused_marlin": {**HF_FAST, "fuse_quantized": True},
     # the attention step (cuDNN's SDPA kernel took about 5 % of the compiled step, for 1 query row over 320 keys):
     # transformers' eager attention, whose matmuls, softmax and mask inductor can fuse; SDPA without cuDNN (the
     # memory-efficient kernel: flash cannot take the decoder's additive mask)
@@ -118,9 +114,6 @@ VARIANTS = {  # GraphDecoder options of each variant the profile suggested; "att
     # the grouped step's attention as two matrix products and a softmax inductor fuses with the mask (cuDNN's SDPA
     # kernel took 6.3 % of the grouped 25-row step, about 4 times its bytes' time)
     "compiled_fused_grouped_matmul": {**HF_FAST, "attention": "grouped-matmul"},
-    # the same grouping on FlexAttention: compiled, a query of few rows takes its flash-decoding kernel, which splits
-    # the keys over thread blocks (cuDNN's kernel pads the 7 grouped rows to a 64-row tile per key/value head)
-    "compiled_fused_flex": {**HF_FAST, "attention": "grouped-flex"},
     # the prompt's forward pass through the compiled model too, replayed from a graph (the step is compiled_fused's)
     "compiled_fused_compiled_prefill": {**HF_FAST, "capture_prefill": True, "compile_prefill": True},
 }
@@ -141,28 +134,6 @@ def grouped_matmul_attention(module, query, key, value, attention_mask, dropout=
     return grouped.reshape(batch, 1, heads, value.shape[-1]), None
 
 
-def flex_grouped_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """``grouped_attention.grouped_query_sdpa`` on ``flex_attention``: each key/value head's grouped query heads are
-    the query rows (flex decoding takes only power-of-two query/key-value head ratios; Qwen2-7B's is 7), the additive
-    mask a ``score_mod``."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if not is_grouped_decode_step(module, query, attention_mask):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    groups, (batch, heads, _, dim) = module.num_key_value_groups, query.shape
-    mask = attention_mask
-    if mask is not None and mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
-
-    def add_mask(score, b, h, q_index, kv_index):
-        return score + mask[b, 0, 0, kv_index]
-
-    grouped = flex_attention(query.reshape(batch, heads // groups, groups, dim), key, value,
-                             score_mod=add_mask if mask is not None else None, scale=scaling)
-    return grouped.reshape(batch, 1, heads, value.shape[-1]), None
-
-
 def efficient_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     """``grouped_attention.grouped_query_sdpa`` on SDPA's memory-efficient kernel (the math one where that kernel does
     not exist, e.g. on a CPU). The kernel is chosen inside the traced function: a global switch such as
@@ -171,8 +142,7 @@ def efficient_sdpa_attention(module, query, key, value, attention_mask, **kwargs
         return grouped_query_sdpa(module, query, key, value, attention_mask, **kwargs)
 
 
-PROFILE_ATTENTION = {"grouped-matmul": grouped_matmul_attention, "sdpa-efficient": efficient_sdpa_attention,
-                     "grouped-flex": flex_grouped_attention}
+PROFILE_ATTENTION = {"grouped-matmul": grouped_matmul_attention, "sdpa-efficient": efficient_sdpa_attention}
 
 
 def profile_attention_name(choice: str) -> str:
@@ -182,8 +152,8 @@ def profile_attention_name(choice: str) -> str:
 
 @contextlib.contextmanager
 def attention(model, choice: str | None):
-    """The model's attention as ``choice`` says ("eager", "sdpa-efficient", "grouped-matmul", "grouped-flex"; None:
-    unchanged) inside the block."""
+    """The model's attention as ``choice`` says ("eager", "sdpa-efficient", "grouped-matmul"; None: unchanged) inside
+    the block."""
     implementation = model.config._attn_implementation
     if choice == "eager":
         model.set_attn_implementation("eager")

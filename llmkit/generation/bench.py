@@ -164,7 +164,7 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
     if backend.startswith("hf-graph"):
         decoder = GraphDecoder(model, len(prompts), max(len(p) for p in prompts) + new_tokens, fuse_projections=True,
                                compile_small_ops=backend == "hf-graph-compile", compile_mode=compile_mode,
-                               capture_prefill=True, compile_prefill=True, fuse_quantized=True)
+                               capture_prefill=True)
 
     decoder_timings = []  # each run's prefill / capture / decode seconds: the first splits the warm-up
 

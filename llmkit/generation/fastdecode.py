@@ -61,12 +61,11 @@ class GraphDecoder:
     ``benchmarks/results/decode_profile_h200.json`` found the three separate q/k/v products at about a third of the
     bandwidth the MLP's reach; on an H200 the compiled batch-1 step took 5.69 ms unfused and 4.85 ms with both:
     ``decode_profile_fused_h200.json``); the weights are not copied: the layers' weights become views of one fused
-    tensor. A model whose forward calls the projections in another order stops with an error.
-    ``fuse_quantized=True`` (with ``fuse_projections``) fuses gptqmodel's GPTQ Marlin layers the same way: packed
-    weights, scales and bias side by side, for layers a multiple of 64 columns wide without act-order (Qwen2-72B's
-    separate k and v products are 1024 columns each). Off by default until a GPU has measured it
-    (``benchmarks/decode_profile_gpu.py``'s ``compiled_fused_marlin`` variant compares the fused product with the
-    separate layers and times the step).
+    tensor. A model whose forward calls the projections in another order stops with an error. gptqmodel's GPTQ
+    Marlin layers fuse the same way (packed weights, scales and bias side by side), for layers a multiple of 64
+    columns wide without act-order: Qwen2-72B-Instruct-GPTQ-Int4's batch-1 compiled step took 22.71 ms with its 560
+    Marlin products per step and 19.15 ms with 320 (H100, the fused product equal to the separate layers':
+    ``benchmarks/results/decode_profile_marlin_72b_h100.json``).
     ``capture_prefill=True`` (on CUDA) also captures the prompt's forward pass, once per prompt shape, and replays it
     in later calls of that shape: for workloads that repeat a shape (benchmarks, a server with fixed-size buckets);
     eager, a prefill launches every kernel from Python (44.6 ms for 64 tokens of a 7B model on an H200 in
@@ -84,7 +83,7 @@ class GraphDecoder:
 
     def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool | None = None,
                  compile_small_ops: bool = False, compile_mode: str = "default", fuse_projections: bool = False,
-                 capture_prefill: bool = False, fuse_quantized: bool = False, compile_prefill: bool = False):
+                 capture_prefill: bool = False, compile_prefill: bool = False):
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
         self.cuda_graph = model.device.type == "cuda" if cuda_graph is None else cuda_graph
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
@@ -97,7 +96,7 @@ class GraphDecoder:
         self.column = torch.zeros(1, dtype=torch.long, device=device)
         self.generated = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
         # fused first: a fused Marlin product then goes behind the opaque op like the other quantized layers
-        fused = _fuse_projections(model, fuse_quantized) if fuse_projections else []
+        fused = _fuse_projections(model) if fuse_projections else []
         patched = _put_quantized_behind_op(model) if compile_small_ops else []
         attention = _group_query_heads(model) if compile_small_ops else None
         self.forward = torch.compile(model, mode=compile_mode, dynamic=False) if compile_small_ops else model
@@ -355,10 +354,10 @@ class _FusedPart(torch.nn.Module):
         return fused.rest[self.index]
 
 
-def _fusable(module, names: tuple[str, ...], quantized: bool) -> bool:
+def _fusable(module, names: tuple[str, ...]) -> bool:
     layers = [getattr(module, name, None) for name in names]
     kind = _kind(layers[0])
-    if kind is None or (kind != "Linear" and not quantized):
+    if kind is None:
         return False
     if any(type(layer) is not type(layers[0]) for layer in layers) or len({layer.bias is None for layer in layers}) != 1:
         return False
@@ -372,17 +371,17 @@ def _fusable(module, names: tuple[str, ...], quantized: bool) -> bool:
                     and layer.g_idx.numel() == 0 for layer in layers))  # act-order layers sort their inputs apart
 
 
-def _fuse_projections(model, quantized: bool = False) -> list[tuple[torch.nn.Module, tuple[str, ...]]]:
+def _fuse_projections(model) -> list[tuple[torch.nn.Module, tuple[str, ...]]]:
     """Put ``_FusedLinear`` in every attention (q/k/v) and MLP (gate/up) whose projections are plain linear layers on
-    one device (``quantized``: also GPTQ Marlin layers of one setting); groups already fused by another live decoder
-    are shared (counted); returns the groups to restore."""
+    one device or GPTQ Marlin layers of one setting; groups already fused by another live decoder are shared
+    (counted); returns the groups to restore."""
     groups = []
     for module in model.modules():
         for names in FUSED_GROUPS:
             first = getattr(module, names[0], None)
             if isinstance(first, _FusedLinear):
                 first.users += 1
-            elif _fusable(module, names, quantized):
+            elif _fusable(module, names):
                 fused = _FusedLinear([getattr(module, name) for name in names], names)
                 for index, name in enumerate(names):
                     setattr(module, name, _FusedPart(fused, index - 1) if index else fused)
