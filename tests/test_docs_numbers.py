@@ -203,3 +203,30 @@ def test_vllm_bench_tables_quote_the_result_files():
             assert f"{profile['bandwidth_limit_steps_per_s']} steps/s" in half and profile["commit"] in half
             assert all(f"{variants[v]['step_s'] * 1000:.2f} ms" in half and f"{variants[v]['fraction_of_limit'] * 100:.1f}%"
                        in half for v in shown), name
+
+
+def test_fused_marlin_and_same_run_seed_numbers_quote_the_result_files():
+    """docs/results.md's 72B hf-fast, its Marlin profile, the seed workload with hf-fast and vLLM in one run and the
+    two rejected tries (FlexAttention, a compiled prefill), in English and Chinese."""
+    results = ROOT / "benchmarks" / "results"
+    english, chinese = (ROOT / "docs" / "results.md").read_text(encoding="utf-8").split("\n## 中文\n")
+    load = lambda name: json.loads((results / name).read_text())  # noqa: E731
+    big = load("bench_72b_hf_fast_h100.json")
+    row = big["results"][0]
+    marlin = load("decode_profile_marlin_72b_h100.json")["batches"][0]["variants"]
+    seed = {r["requested"]: r for r in load("bench_seed_hf_fast_vllm_h100.json")["results"]}
+    prefill = load("decode_profile_prefill_h100.json")["batches"][0]["variants"]
+    batch1 = load("bench_batch1_compiled_prefill_h100.json")["results"][0]
+    quoted = [f"{row['tokens_per_s']} tok/s", f"{row['fraction_of_limit'] * 100:.1f}%", f"{row['warm_up_s']} s",
+              f"{big['bandwidth_limit']['limit_steps_per_s']} steps/s",
+              f"{seed['hf-fast']['tokens_per_s']} tok/s",
+              f"{seed['vllm']['tokens_per_s']} tok/s", f"{batch1['warm_up_s']} s"]
+    quoted += [f"{marlin[v]['step_s'] * 1000:.2f} ms" for v in ("compiled_fused", "compiled_fused_marlin")]
+    quoted += [f"{marlin[v]['fraction_of_limit'] * 100:.1f}%" for v in ("compiled_fused", "compiled_fused_marlin")]
+    quoted += [f"{prefill[v]['step_s'] * 1000:.3f} ms" for v in ("compiled_fused", "compiled_fused_flex")]
+    quoted += [f"{prefill[v]['prefill_s'] * 1000:.1f} ms" for v in ("compiled_fused", "compiled_fused_compiled_prefill")]
+    quoted += [f"{prefill[v]['first_call_s']} s" for v in ("compiled_fused", "compiled_fused_compiled_prefill")]
+    for half in (english, chinese):
+        missing = [q for q in quoted if q not in half]
+        assert not missing, missing
+    assert row["fraction_of_limit"] > marlin["compiled_fused"]["fraction_of_limit"]  # the fused run is the faster one
