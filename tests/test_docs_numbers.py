@@ -210,7 +210,10 @@ def test_fused_marlin_and_same_run_seed_numbers_quote_the_result_files():
     two rejected tries (FlexAttention, a compiled prefill), in English and Chinese."""
     results = ROOT / "benchmarks" / "results"
     english, chinese = (ROOT / "docs" / "results.md").read_text(encoding="utf-8").split("\n## 中文\n")
-    load = lambda name: json.loads((results / name).read_text())  # noqa: E731
+
+    def load(name):
+        return json.loads((results / name).read_text())
+
     big = load("bench_72b_hf_fast_h100.json")
     row = big["results"][0]
     marlin = load("decode_profile_marlin_72b_h100.json")["batches"][0]["variants"]
