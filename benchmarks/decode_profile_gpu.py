@@ -4,7 +4,7 @@ For one model and batch size it measures, in one process, with the bandwidth lim
 - step time: one captured step replayed (CUDA events), against the bandwidth limit (weight bytes per step / device
   copy bandwidth; the limit that counts only one embedding row per token too);
 - kernel time vs gaps: ``torch.profiler`` over replayed steps; the sum of GPU kernel time per step and what is left
-  of the step (launch and dependency gaps), with the ten kernels that take the most time;
+  of the step (launch and dependency gaps), with the 16 kernels that take the most time;
 - attention over the static cache: the step time with the same filled length in caches of different ``max_len``
   (attention that reads the whole static cache grows with ``max_len``, one that reads the filled part does not);
 - sampling: the ``argmax`` over the vocabulary alone; host synchronisation: a step with and without
@@ -15,12 +15,13 @@ For one model and batch size it measures, in one process, with the bandwidth lim
   ``torch.compile`` (``compiled``, ``compiled_fused``: ``hf-fast``'s path; a compile per variant and batch size,
   about a minute each on a GPU), with inductor's autotuned matrix products (``compiled_fused_autotune``) and with
   other attention kernels (``compiled_fused_eager_attention``, ``compiled_fused_efficient_sdpa``,
-  ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax), and with the prompt's
-  forward pass compiled too (``compiled_fused_compiled_prefill``); each variant's row has its first call's seconds
-  (compilation) and its prefill's. FlexAttention's decoding kernel (``decode_profile_prefill_h100.json``) and GPTQ
-  Marlin layers apart (``decode_profile_marlin_72b_h100.json``) were measured by earlier versions. A compiled step
-  groups the query heads by key/value head (``GraphDecoder`` does it since ``decode_profile_grouped_h100.json``,
-  which measured it as the variant ``compiled_fused_grouped_sdpa`` against K and V repeated per query head).
+  ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax, ``compiled_fused_flex``:
+  on FlexAttention's decoding kernel), and with the prompt's forward pass compiled too
+  (``compiled_fused_compiled_prefill``); each variant's row has its first call's seconds (compilation) and its
+  prefill's. GPTQ Marlin layers apart (``decode_profile_marlin_72b_h100.json``) were measured by earlier versions.
+  A compiled step groups the query heads by key/value head (``GraphDecoder`` does it since
+  ``decode_profile_grouped_h100.json``, which measured it as the variant ``compiled_fused_grouped_sdpa`` against K
+  and V repeated per query head).
 
     python benchmarks/decode_profile_gpu.py --model Qwen/Qwen2-7B-Instruct --batch 1 25 --out $OUT/profile.json
 On a CPU (``--standin``) the same code runs on the stand-in without graphs, events or CUDA kernels, to keep it working.
@@ -39,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config as inductor_config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -80,7 +82,7 @@ def decoder_at(model, tokenizer, batch: int, prompt_tokens: int, max_len: int, *
 
 
 def step_fn(decoder: GraphDecoder):
-    return decoder.graph.replay if decoder.graph is not None else decoder._step
+    return decoder.graph.replay if decoder.graph is not None else torch.no_grad()(decoder._step)
 
 
 def kernel_split(decoder: GraphDecoder, steps: int = 10) -> dict:
@@ -94,7 +96,7 @@ def kernel_split(decoder: GraphDecoder, steps: int = 10) -> dict:
         torch.cuda.synchronize()
     kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
     total_us = sum(e.self_device_time_total for e in kernels)
-    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:10]
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:16]
     return {"kernel_s_per_step": round(total_us / 1e6 / steps, 6),
             "top_kernels": [{"name": e.key[:120], "share": round(e.self_device_time_total / total_us, 3),
                              "calls_per_step": e.count / steps} for e in top]}
@@ -114,6 +116,10 @@ VARIANTS = {  # GraphDecoder options of each variant the profile suggested; "att
     # the grouped step's attention as two matrix products and a softmax inductor fuses with the mask (cuDNN's SDPA
     # kernel took 6.3 % of the grouped 25-row step, about 4 times its bytes' time)
     "compiled_fused_grouped_matmul": {**HF_FAST, "attention": "grouped-matmul"},
+    # the grouping on FlexAttention's decoding kernel (it splits the keys over thread blocks; cuDNN's kernel pads the
+    # 7 grouped rows to a 64-row tile); without inductor's prologue fusion, which had pulled the query's rotary
+    # embedding into flex's template and made it slower than cuDNN (decode_profile_prefill_h100.json)
+    "compiled_fused_flex": {**HF_FAST, "attention": "grouped-flex", "inductor": {"prologue_fusion": False}},
     # the prompt's forward pass through the compiled model too, replayed from a graph (the step is compiled_fused's)
     "compiled_fused_compiled_prefill": {**HF_FAST, "capture_prefill": True, "compile_prefill": True},
 }
@@ -134,6 +140,28 @@ def grouped_matmul_attention(module, query, key, value, attention_mask, dropout=
     return grouped.reshape(batch, 1, heads, value.shape[-1]), None
 
 
+def flex_grouped_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """``grouped_attention.grouped_query_sdpa`` on ``flex_attention``: each key/value head's grouped query heads are
+    its query rows (flex decoding takes only power-of-two query/key-value head ratios; Qwen2-7B's is 7), the additive
+    mask a ``score_mod``. Compiled only: eager flex attention cannot be captured in a CUDA graph."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not is_grouped_decode_step(module, query, attention_mask):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups, (batch, heads, _, dim) = module.num_key_value_groups, query.shape
+    mask = attention_mask
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+    def add_mask(score, b, h, q_index, kv_index):
+        return score + mask[b, 0, 0, kv_index]
+
+    grouped = flex_attention(query.reshape(batch, heads // groups, groups, dim), key, value,
+                             score_mod=add_mask if mask is not None else None, scale=scaling)
+    return grouped.reshape(batch, 1, heads, value.shape[-1]), None
+
+
 def efficient_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     """``grouped_attention.grouped_query_sdpa`` on SDPA's memory-efficient kernel (the math one where that kernel does
     not exist, e.g. on a CPU). The kernel is chosen inside the traced function: a global switch such as
@@ -142,7 +170,8 @@ def efficient_sdpa_attention(module, query, key, value, attention_mask, **kwargs
         return grouped_query_sdpa(module, query, key, value, attention_mask, **kwargs)
 
 
-PROFILE_ATTENTION = {"grouped-matmul": grouped_matmul_attention, "sdpa-efficient": efficient_sdpa_attention}
+PROFILE_ATTENTION = {"grouped-matmul": grouped_matmul_attention, "sdpa-efficient": efficient_sdpa_attention,
+                     "grouped-flex": flex_grouped_attention}
 
 
 def profile_attention_name(choice: str) -> str:
@@ -152,8 +181,8 @@ def profile_attention_name(choice: str) -> str:
 
 @contextlib.contextmanager
 def attention(model, choice: str | None):
-    """The model's attention as ``choice`` says ("eager", "sdpa-efficient", "grouped-matmul"; None: unchanged) inside
-    the block."""
+    """The model's attention as ``choice`` says ("eager", "sdpa-efficient", "grouped-matmul", "grouped-flex"; None:
+    unchanged) inside the block."""
     implementation = model.config._attn_implementation
     if choice == "eager":
         model.set_attn_implementation("eager")
@@ -180,7 +209,7 @@ def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, 
         separate = torch.cat([getattr(layer, name)(x) for name in ("q_proj", "k_proj", "v_proj")], dim=-1)
     for name in names:
         options = dict(VARIANTS[name])
-        with attention(model, options.pop("attention", None)):
+        with attention(model, options.pop("attention", None)), inductor_config.patch(options.pop("inductor", {})):
             start = time.perf_counter()
             decoder = decoder_at(model, tokenizer, batch, 64, 64 + 256, **options)
             first_call_s = time.perf_counter() - start  # compiles (for the step; the prompt's with compile_prefill)
@@ -195,7 +224,7 @@ def variant_rows(model, tokenizer, batch: int, limit_steps_per_s: float | None, 
                 rows[name]["fraction_of_limit"] = round(1 / step_s / limit_steps_per_s, 3)
             if torch.cuda.is_available():
                 split = kernel_split(decoder)
-                rows[name].update(kernel_s_per_step=split["kernel_s_per_step"], top_kernels=split["top_kernels"][:6],
+                rows[name].update(kernel_s_per_step=split["kernel_s_per_step"], top_kernels=split["top_kernels"],
                                   gap_s_per_step=round(step_s - split["kernel_s_per_step"], 6))
             decoder.close()
         save()
