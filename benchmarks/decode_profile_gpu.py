@@ -16,7 +16,7 @@ For one model and batch size it measures, in one process, with the bandwidth lim
   about a minute each on a GPU), with inductor's autotuned matrix products (``compiled_fused_autotune``) and with
   other attention kernels (``compiled_fused_eager_attention``, ``compiled_fused_efficient_sdpa``,
   ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax, ``compiled_fused_flex``:
-  on FlexAttention's decoding kernel), and with the prompt's forward pass compiled too
+  on FlexAttention's decoding kernel, ``compiled_fused_triton``: on a flash-decoding kernel in Triton), and with the prompt's forward pass compiled too
   (``compiled_fused_compiled_prefill``); each variant's row has its first call's seconds (compilation) and its
   prefill's. GPTQ Marlin layers apart (``decode_profile_marlin_72b_h100.json``) were measured by earlier versions.
   A compiled step groups the query heads by key/value head (``GraphDecoder`` does it since
@@ -120,6 +120,8 @@ VARIANTS = {  # GraphDecoder options of each variant the profile suggested; "att
     # 7 grouped rows to a 64-row tile); without inductor's prologue fusion, which had pulled the query's rotary
     # embedding into flex's template and made it slower than cuDNN (decode_profile_prefill_h100.json)
     "compiled_fused_flex": {**HF_FAST, "attention": "grouped-flex", "inductor": {"prologue_fusion": False}},
+    # the grouping on a flash-decoding kernel in Triton (grouped_decode_triton.py), if FlexAttention's does not serve
+    "compiled_fused_triton": {**HF_FAST, "attention": "grouped-triton"},
     # the prompt's forward pass through the compiled model too, replayed from a graph (the step is compiled_fused's)
     "compiled_fused_compiled_prefill": {**HF_FAST, "capture_prefill": True, "compile_prefill": True},
 }
@@ -162,6 +164,22 @@ def flex_grouped_attention(module, query, key, value, attention_mask, dropout=0.
     return grouped.reshape(batch, 1, heads, value.shape[-1]), None
 
 
+def triton_grouped_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """``grouped_attention.grouped_query_sdpa`` on ``grouped_decode_triton.grouped_decode_attention`` (CUDA only)."""
+    from grouped_decode_triton import grouped_decode_attention
+
+    if not is_grouped_decode_step(module, query, attention_mask) or attention_mask is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups, (batch, heads, _, dim) = module.num_key_value_groups, query.shape
+    mask = attention_mask
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    grouped = grouped_decode_attention(query.reshape(batch, heads // groups, groups, dim), key, value, mask,
+                                       scaling if scaling is not None else dim ** -0.5)
+    return grouped.reshape(batch, 1, heads, value.shape[-1]), None
+
+
 def efficient_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     """``grouped_attention.grouped_query_sdpa`` on SDPA's memory-efficient kernel (the math one where that kernel does
     not exist, e.g. on a CPU). The kernel is chosen inside the traced function: a global switch such as
@@ -171,7 +189,7 @@ def efficient_sdpa_attention(module, query, key, value, attention_mask, **kwargs
 
 
 PROFILE_ATTENTION = {"grouped-matmul": grouped_matmul_attention, "sdpa-efficient": efficient_sdpa_attention,
-                     "grouped-flex": flex_grouped_attention}
+                     "grouped-flex": flex_grouped_attention, "grouped-triton": triton_grouped_attention}
 
 
 def profile_attention_name(choice: str) -> str:
@@ -181,9 +199,11 @@ def profile_attention_name(choice: str) -> str:
 
 @contextlib.contextmanager
 def attention(model, choice: str | None):
-    """The model's attention as ``choice`` says ("eager", "sdpa-efficient", "grouped-matmul", "grouped-flex"; None:
-    unchanged) inside the block."""
+    """The model's attention as ``choice`` says ("eager", "sdpa-efficient", "grouped-matmul", "grouped-flex",
+    "grouped-triton"; None: unchanged) inside the block."""
     implementation = model.config._attn_implementation
+    if choice == "grouped-triton":
+        import grouped_decode_triton  # noqa: F401  (imported before torch.compile traces: it reads the GPU's size)
     if choice == "eager":
         model.set_attn_implementation("eager")
     elif choice in PROFILE_ATTENTION:

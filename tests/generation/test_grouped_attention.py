@@ -1,6 +1,10 @@
 """grouped_query_sdpa keeps the key/value heads as they are in a compiled decode step, where transformers' SDPA
 attention repeats them for every query head (llmkit.generation.grouped_attention)."""
 
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 import llmkit
@@ -53,3 +57,26 @@ def test_grouped_heads_equal_repeated_heads_with_a_padding_mask():
     repeated = torch.nn.functional.scaled_dot_product_attention(
         query, key.repeat_interleave(4, dim=1), value.repeat_interleave(4, dim=1), attn_mask=mask, scale=0.25)
     torch.testing.assert_close(ours, repeated.transpose(1, 2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton decode kernel runs on CUDA GPUs")
+@pytest.mark.parametrize("batch,kv_heads,groups,dim,length", [(25, 4, 7, 128, 192), (1, 4, 7, 128, 4096),
+                                                               (3, 2, 4, 64, 100)])
+def test_the_profiles_triton_decode_kernel_equals_sdpa(batch, kv_heads, groups, dim, length):
+    """benchmarks/grouped_decode_triton.py (the profile's ``compiled_fused_triton``) against SDPA with K and V repeated:
+    left padding and an unfilled cache tail masked, the keys split over thread blocks (4096 keys at batch 1)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from grouped_decode_triton import grouped_decode_attention
+
+    torch.manual_seed(0)
+    query = torch.randn(batch, 1, kv_heads * groups, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    key, value = (torch.randn(batch, kv_heads, length, dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.zeros(batch, 1, 1, length, device="cuda", dtype=torch.bfloat16)
+    mask[0, ..., :7] = torch.finfo(torch.bfloat16).min  # the first row left-padded
+    mask[..., length * 3 // 4:] = torch.finfo(torch.bfloat16).min  # the cache's unfilled tail
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query.float(), key.float().repeat_interleave(groups, 1), value.float().repeat_interleave(groups, 1),
+        attn_mask=mask.float())
+    ours = grouped_decode_attention(query.reshape(batch, kv_heads, groups, dim), key, value, mask, dim ** -0.5)
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.reshape(batch, kv_heads * groups, 1, dim).float(), expected, atol=2e-2, rtol=2e-2)
