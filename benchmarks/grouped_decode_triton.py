@@ -3,10 +3,10 @@ token per row, its query heads grouped by key/value head, the keys split over th
 
 cuDNN's SDPA kernel took about 15 us per layer for the 25-row step of Qwen2-7B (0.42 ms of a 6.6 ms step, H100,
 ``decode_profile_prefill_h100.json``) for about 3 us of cache bytes. Here each program takes one (row, key/value head)
-pair's grouped query heads as the rows of one tile (7 heads padded to 16) and a slice of the cache; a second pass
-(torch ops, fused by inductor) merges the slices' partial softmax sums.
+pair's grouped query heads as the rows of one tile (7 heads padded to 16) and the cache (a single pass) or, with few
+pairs, a slice of it; a second pass (torch ops, fused by inductor) then merges the slices' partial softmax sums.
 
->>> out = grouped_decode_attention(q, k, v, mask, scale)  # doctest: +SKIP  (q [B, Hkv, G, D], k/v [B, Hkv, L, D])
+>>> out = grouped_decode_attention(query, key, value, mask, scale)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is
 
 
 @triton.jit
-def _partial_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, stats_ptr, length, chunk, scale,
+def _partial_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, stats_ptr, out_ptr, length, chunk, scale,
                     stride_qb, stride_qh, stride_qg, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
                     stride_mb, heads_kv, splits,
-                    GROUPS: tl.constexpr, GROUPS_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+                    GROUPS: tl.constexpr, GROUPS_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                    ONE_PASS: tl.constexpr):
     pair, split = tl.program_id(0), tl.program_id(1)
     b, h = pair // heads_kv, pair % heads_kv
     rows, cols = tl.arange(0, GROUPS_PAD), tl.arange(0, DIM)
@@ -49,6 +50,11 @@ def _partial_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, stats_ptr, length, c
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
+    if ONE_PASS:  # the whole cache in this program: the normalised output, no merge
+        out = acc / l_i[:, None]
+        tl.store(out_ptr + (pair * GROUPS + rows[:, None]) * DIM + cols[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=rows[:, None] < GROUPS)
+        return
     slot = pair * splits + split
     tl.store(acc_ptr + (slot * GROUPS_PAD + rows[:, None]) * DIM + cols[None, :], acc)
     tl.store(stats_ptr + (slot * 2 * GROUPS_PAD) + rows, m_i)
@@ -56,12 +62,15 @@ def _partial_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, stats_ptr, length, c
 
 
 def splits_for(pairs: int, length: int, sms: int, block_n: int = 64) -> int:
-    """How many slices of the cache each (row, key/value head) pair is split into: enough programs for about two per
-    streaming multiprocessor, at least one block of keys each.
+    """How many slices of the cache each (row, key/value head) pair is split into: one where the pairs alone give
+    half the streaming multiprocessors a program (no merge pass), else about two programs per multiprocessor, each
+    at least one block of keys.
 
     >>> splits_for(pairs=100, length=192, sms=132), splits_for(pairs=4, length=4096, sms=132)
-    (3, 64)
+    (1, 64)
     """
+    if 2 * pairs >= sms:
+        return 1
     return max(1, min(triton.cdiv(length, block_n), triton.cdiv(2 * sms, pairs)))
 
 
@@ -79,17 +88,20 @@ def grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torc
     splits = splits_for(batch * heads_kv, length, SMS, block_n)
     chunk = triton.cdiv(triton.cdiv(length, splits), block_n) * block_n
     splits = triton.cdiv(length, chunk)
-    acc = torch.empty(batch * heads_kv, splits, groups_pad, dim, dtype=torch.float32, device=query.device)
-    stats = torch.empty(batch * heads_kv, splits, 2, groups_pad, dtype=torch.float32, device=query.device)
     if query.stride(-1) != 1 or key.stride(-1) != 1 or value.stride(-1) != 1:
         raise ValueError("grouped_decode_attention needs the last dimension of query, key and value contiguous")
     mask = mask.reshape(batch, length)
+    out = torch.empty(batch, heads_kv, groups, dim, dtype=query.dtype, device=query.device)
+    acc = torch.empty(batch * heads_kv, splits, groups_pad, dim, dtype=torch.float32, device=query.device)
+    stats = torch.empty(batch * heads_kv, splits, 2, groups_pad, dtype=torch.float32, device=query.device)
     _partial_kernel[(batch * heads_kv, splits)](
-        query, key, value, mask, acc, stats, length, chunk, scale,
+        query, key, value, mask, acc, stats, out, length, chunk, scale,
         query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), mask.stride(0), heads_kv, splits,
-        GROUPS=groups, GROUPS_PAD=groups_pad, DIM=dim, BLOCK_N=block_n)
+        GROUPS=groups, GROUPS_PAD=groups_pad, DIM=dim, BLOCK_N=block_n, ONE_PASS=splits == 1)
+    if splits == 1:
+        return out
     m, l = stats[:, :, 0], stats[:, :, 1]  # [pairs, splits, groups_pad]
     weight = torch.exp(m - m.amax(1, keepdim=True))
-    out = (acc * weight[..., None]).sum(1) / (l * weight).sum(1)[..., None]
-    return out[:, :groups].reshape(batch, heads_kv, groups, dim).to(query.dtype)
+    merged = (acc * weight[..., None]).sum(1) / (l * weight).sum(1)[..., None]
+    return merged[:, :groups].reshape(batch, heads_kv, groups, dim).to(query.dtype)
