@@ -16,7 +16,8 @@ For one model and batch size it measures, in one process, with the bandwidth lim
   about a minute each on a GPU), with inductor's autotuned matrix products (``compiled_fused_autotune``) and with
   other attention kernels (``compiled_fused_eager_attention``, ``compiled_fused_efficient_sdpa``,
   ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax, ``compiled_fused_flex``:
-  on FlexAttention's decoding kernel, ``compiled_fused_triton``: on a flash-decoding kernel in Triton), and with the prompt's forward pass compiled too
+  on FlexAttention's decoding kernel, ``compiled_fused_sdpa``: on SDPA's kernel, as before ``triton_decode``), and
+  with the prompt's forward pass compiled too
   (``compiled_fused_compiled_prefill``); each variant's row has its first call's seconds (compilation) and its
   prefill's. GPTQ Marlin layers apart (``decode_profile_marlin_72b_h100.json``) were measured by earlier versions.
   A compiled step groups the query heads by key/value head (``GraphDecoder`` does it since
@@ -54,7 +55,7 @@ import llmkit  # noqa: E402
 from llmkit.environment.env import llmkit_commit  # noqa: E402
 from llmkit.generation.bench import workload  # noqa: E402
 from llmkit.generation.fastdecode import GraphDecoder  # noqa: E402
-from llmkit.generation.grouped_attention import grouped_query_sdpa, is_grouped_decode_step  # noqa: E402
+from llmkit.generation.grouped_attention import grouped_query_sdpa, grouped_sdpa, is_grouped_decode_step  # noqa: E402
 
 
 def timed(fn, repeats: int = 20) -> float:
@@ -106,7 +107,9 @@ HF_FAST = {"compile_small_ops": True, "fuse_projections": True}
 VARIANTS = {  # GraphDecoder options of each variant the profile suggested; "attention" is the model's setting
     "fused": {"fuse_projections": True},
     "compiled": {"compile_small_ops": True},
-    "compiled_fused": HF_FAST,  # the query heads grouped by key/value head in attention (GraphDecoder does it compiled)
+    # the query heads grouped by key/value head in attention (GraphDecoder does it compiled), on CUDA with
+    # llmkit.generation.triton_decode's kernel
+    "compiled_fused": HF_FAST,
     "compiled_fused_autotune": {**HF_FAST, "compile_mode": "max-autotune-no-cudagraphs"},
     # the attention step (cuDNN's SDPA kernel took about 5 % of the compiled step, for 1 query row over 320 keys):
     # transformers' eager attention, whose matmuls, softmax and mask inductor can fuse; SDPA without cuDNN (the
@@ -120,8 +123,8 @@ VARIANTS = {  # GraphDecoder options of each variant the profile suggested; "att
     # 7 grouped rows to a 64-row tile); without inductor's prologue fusion, which had pulled the query's rotary
     # embedding into flex's template and made it slower than cuDNN (decode_profile_prefill_h100.json)
     "compiled_fused_flex": {**HF_FAST, "attention": "grouped-flex", "inductor": {"prologue_fusion": False}},
-    # the grouping on a flash-decoding kernel in Triton (grouped_decode_triton.py), if FlexAttention's does not serve
-    "compiled_fused_triton": {**HF_FAST, "attention": "grouped-triton"},
+    # the grouped step on SDPA's kernel (cuDNN's on an H100; before llmkit.generation.triton_decode's kernel)
+    "compiled_fused_sdpa": {**HF_FAST, "attention": "grouped-sdpa"},
     # the prompt's forward pass through the compiled model too, replayed from a graph (the step is compiled_fused's)
     "compiled_fused_compiled_prefill": {**HF_FAST, "capture_prefill": True, "compile_prefill": True},
 }
@@ -164,20 +167,13 @@ def flex_grouped_attention(module, query, key, value, attention_mask, dropout=0.
     return grouped.reshape(batch, 1, heads, value.shape[-1]), None
 
 
-def triton_grouped_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """``grouped_attention.grouped_query_sdpa`` on ``grouped_decode_triton.grouped_decode_attention`` (CUDA only)."""
-    from grouped_decode_triton import grouped_decode_attention
-
-    if not is_grouped_decode_step(module, query, attention_mask) or attention_mask is None:
+def sdpa_grouped_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """``grouped_attention.grouped_query_sdpa`` on SDPA's kernel (cuDNN's on an H100) also on CUDA, where
+    ``GraphDecoder`` runs ``llmkit.generation.triton_decode``'s."""
+    if not is_grouped_decode_step(module, query, attention_mask):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    groups, (batch, heads, _, dim) = module.num_key_value_groups, query.shape
-    mask = attention_mask
-    if mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
-    grouped = grouped_decode_attention(query.reshape(batch, heads // groups, groups, dim), key, value, mask,
-                                       scaling if scaling is not None else dim ** -0.5)
-    return grouped.reshape(batch, 1, heads, value.shape[-1]), None
+    return grouped_sdpa(query, key, value, attention_mask, module.num_key_value_groups, dropout, scaling)
 
 
 def efficient_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
@@ -189,7 +185,7 @@ def efficient_sdpa_attention(module, query, key, value, attention_mask, **kwargs
 
 
 PROFILE_ATTENTION = {"grouped-matmul": grouped_matmul_attention, "sdpa-efficient": efficient_sdpa_attention,
-                     "grouped-flex": flex_grouped_attention, "grouped-triton": triton_grouped_attention}
+                     "grouped-flex": flex_grouped_attention, "grouped-sdpa": sdpa_grouped_attention}
 
 
 def profile_attention_name(choice: str) -> str:
@@ -200,10 +196,8 @@ def profile_attention_name(choice: str) -> str:
 @contextlib.contextmanager
 def attention(model, choice: str | None):
     """The model's attention as ``choice`` says ("eager", "sdpa-efficient", "grouped-matmul", "grouped-flex",
-    "grouped-triton"; None: unchanged) inside the block."""
+    "grouped-sdpa"; None: unchanged) inside the block."""
     implementation = model.config._attn_implementation
-    if choice == "grouped-triton":
-        import grouped_decode_triton  # noqa: F401  (imported before torch.compile traces: it reads the GPU's size)
     if choice == "eager":
         model.set_attn_implementation("eager")
     elif choice in PROFILE_ATTENTION:

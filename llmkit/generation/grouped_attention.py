@@ -9,12 +9,16 @@ cache that copy is about 1.9 GB written and read again per step next to 15 GB of
 ``GROUPED_SDPA`` is that attention with the grouping kept under ``torch.compile``; any other call (a prompt of
 several tokens, models without grouped heads) goes to transformers' own SDPA attention unchanged. A compiled
 ``GraphDecoder`` switches a model to it while it decodes (H100, Qwen2-7B, 25 rows: 8.86 ms per step with K and V
-repeated, 6.58 ms grouped: ``benchmarks/results/decode_profile_grouped_h100.json``).
+repeated, 6.58 ms grouped: ``benchmarks/results/decode_profile_grouped_h100.json``). On a CUDA GPU with Triton the
+grouped step runs ``llmkit.generation.triton_decode``'s flash-decoding kernel instead of SDPA's (on an H100 cuDNN's
+kernel took about 15 us per layer for 25 rows and a 320-token cache, several times what its bytes take).
 
 >>> model.set_attn_implementation(register())  # doctest: +SKIP
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 from transformers import AttentionInterface
@@ -22,6 +26,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 GROUPED_SDPA = "llmkit_grouped_sdpa"
+# CUDA device index: streaming multiprocessors, read by ``register()`` before torch.compile traces the step
+_MULTIPROCESSORS: dict[int, int] = {}
 
 
 def grouped_query_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -41,6 +47,29 @@ def grouped_query_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: to
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     groups, (batch, heads, _, dim) = module.num_key_value_groups, query.shape
+    if query.device.index in _MULTIPROCESSORS and attention_mask is not None and not dropout:
+        from llmkit.generation.triton_decode import grouped_decode_attention
+
+        mask = attention_mask
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+        grouped = grouped_decode_attention(query.reshape(batch, heads // groups, groups, dim), key, value, mask,
+                                           scaling if scaling is not None else dim ** -0.5,
+                                           _MULTIPROCESSORS[query.device.index])
+        return grouped.reshape(batch, 1, heads, value.shape[-1]), None
+    return grouped_sdpa(query, key, value, attention_mask, groups, dropout, scaling)
+
+
+def grouped_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+                 groups: int, dropout: float = 0.0, scaling: float | None = None) -> tuple[torch.Tensor, None]:
+    """``grouped_query_sdpa``'s grouped step on ``torch.nn.functional.scaled_dot_product_attention`` (its kernel
+    on a CPU, or where Triton is missing).
+
+    >>> q, kv = torch.randn(2, 8, 1, 16), torch.randn(2, 2, 5, 16)
+    >>> grouped_sdpa(q, kv, kv, None, groups=4)[0].shape
+    torch.Size([2, 1, 8, 16])
+    """
+    batch, heads, _, dim = query.shape
     grouped = torch.nn.functional.scaled_dot_product_attention(
         query.reshape(batch, heads // groups, groups, dim), key, value, attn_mask=attention_mask, dropout_p=dropout,
         scale=scaling)  # [batch, kv_heads, groups, dim]: head h is row h // groups, h % groups, as repeat_kv orders them
@@ -60,11 +89,15 @@ def is_grouped_decode_step(module, query: torch.Tensor, attention_mask: torch.Te
 
 
 def register() -> str:
-    """Make ``GROUPED_SDPA`` an attention implementation transformers knows (SDPA's masks); returns its name.
+    """Make ``GROUPED_SDPA`` an attention implementation transformers knows (SDPA's masks); returns its name. With
+    Triton and a CUDA GPU, the grouped step runs ``llmkit.generation.triton_decode``'s kernel from then on.
 
     >>> register()
     'llmkit_grouped_sdpa'
     """
+    if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+        for index in range(torch.cuda.device_count()):
+            _MULTIPROCESSORS[index] = torch.cuda.get_device_properties(index).multi_processor_count
     AttentionInterface.register(GROUPED_SDPA, grouped_query_sdpa)
     AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
     return GROUPED_SDPA

@@ -249,7 +249,8 @@ def test_the_decode_profile_benchmark_runs_on_the_cpu(tmp_path):
 
 @pytest.mark.parametrize("choice,compiled", [("eager", False), ("sdpa-efficient", False), ("sdpa-efficient", True),
                                              ("eager", True), (None, True), ("grouped-matmul", False),
-                                             ("grouped-matmul", True), ("grouped-flex", True)])
+                                             ("grouped-matmul", True), ("grouped-flex", True),
+                                             ("grouped-sdpa", True)])
 def test_the_profiles_attention_variants_decode_the_same_and_are_undone(chat_dir, choice, compiled):
     """decode_profile_gpu.py's attention variants: other attention kernels, the same tokens, the model left as it was;
     a compiled step on SDPA groups the query heads (llmkit.generation.grouped_attention; hf-fast's path)."""

@@ -1,9 +1,6 @@
 """grouped_query_sdpa keeps the key/value heads as they are in a compiled decode step, where transformers' SDPA
 attention repeats them for every query head (llmkit.generation.grouped_attention)."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -22,6 +19,16 @@ def key_heads_seen(model, monkeypatch) -> set[tuple[int, int]]:
         return real(query, key, value, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    if model.device.type == "cuda":  # there llmkit.generation.triton_decode's kernel takes the grouped step
+        from llmkit.generation import triton_decode
+
+        kernel = triton_decode.grouped_decode_attention
+
+        def spy_kernel(query, key, *args):
+            seen.add((query.shape[1], key.shape[1]))
+            return kernel(query, key, *args)
+
+        monkeypatch.setattr(triton_decode, "grouped_decode_attention", spy_kernel)
     ids = torch.randint(100, 1000, (2, 8), device=model.device)
     with GraphDecoder(model, 2, 20, compile_small_ops=True) as decoder:
         decoder.generate(ids, torch.ones_like(ids), max_new_tokens=3)
@@ -62,11 +69,10 @@ def test_grouped_heads_equal_repeated_heads_with_a_padding_mask():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton decode kernel runs on CUDA GPUs")
 @pytest.mark.parametrize("batch,kv_heads,groups,dim,length", [(25, 4, 7, 128, 192), (1, 4, 7, 128, 4096),
                                                                (3, 2, 4, 64, 100)])
-def test_the_profiles_triton_decode_kernel_equals_sdpa(batch, kv_heads, groups, dim, length):
-    """benchmarks/grouped_decode_triton.py (the profile's ``compiled_fused_triton``) against SDPA with K and V repeated:
-    left padding and an unfilled cache tail masked, the keys split over thread blocks (4096 keys at batch 1)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from grouped_decode_triton import grouped_decode_attention
+def test_the_triton_decode_kernel_equals_sdpa(batch, kv_heads, groups, dim, length):
+    """llmkit.generation.triton_decode against SDPA with K and V repeated: left padding and an unfilled cache tail
+    masked, in one pass (25 rows) and with the keys split over thread blocks (4096 keys at batch 1; 3 rows)."""
+    from llmkit.generation.triton_decode import grouped_decode_attention
 
     torch.manual_seed(0)
     query = torch.randn(batch, 1, kv_heads * groups, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
@@ -77,6 +83,7 @@ def test_the_profiles_triton_decode_kernel_equals_sdpa(batch, kv_heads, groups, 
     expected = torch.nn.functional.scaled_dot_product_attention(
         query.float(), key.float().repeat_interleave(groups, 1), value.float().repeat_interleave(groups, 1),
         attn_mask=mask.float())
-    ours = grouped_decode_attention(query.reshape(batch, kv_heads, groups, dim), key, value, mask, dim ** -0.5)
+    ours = grouped_decode_attention(query.reshape(batch, kv_heads, groups, dim), key, value, mask, dim ** -0.5,
+                                    torch.cuda.get_device_properties(0).multi_processor_count)
     assert ours.dtype == torch.bfloat16
     torch.testing.assert_close(ours.reshape(batch, kv_heads * groups, 1, dim).float(), expected, atol=2e-2, rtol=2e-2)

@@ -1,12 +1,14 @@
-"""A decode-step attention kernel in Triton for the profile's ``compiled_fused_triton`` variant: one query
-token per row, its query heads grouped by key/value head, the keys split over thread blocks (flash decoding).
+"""The decode step's attention in Triton (flash decoding): one query token per row, its query heads grouped by
+key/value head, the keys split over thread blocks where the rows alone do not fill the GPU.
 
 cuDNN's SDPA kernel took about 15 us per layer for the 25-row step of Qwen2-7B (0.42 ms of a 6.6 ms step, H100,
 ``decode_profile_prefill_h100.json``) for about 3 us of cache bytes. Here each program takes one (row, key/value head)
 pair's grouped query heads as the rows of one tile (7 heads padded to 16) and the cache (a single pass) or, with few
 pairs, a slice of it; a second pass (torch ops, fused by inductor) then merges the slices' partial softmax sums.
 
->>> out = grouped_decode_attention(query, key, value, mask, scale)  # doctest: +SKIP
+``llmkit.generation.grouped_attention`` sends a compiled decode step's attention here on CUDA GPUs.
+
+>>> out = grouped_decode_attention(query, key, value, mask, scale, multiprocessors=132)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -14,9 +16,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-# streaming multiprocessors of the GPU (read once here: a call inside torch.compile's trace would break the graph)
-SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 4
 
 
 @triton.jit
@@ -75,17 +74,18 @@ def splits_for(pairs: int, length: int, sms: int, block_n: int = 64) -> int:
 
 
 def grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-                             scale: float) -> torch.Tensor:
+                             scale: float, multiprocessors: int) -> torch.Tensor:
     """Attention of one query token per row: query [B, Hkv, G, D] (the G query heads of each key/value head),
     key and value [B, Hkv, L, D], ``mask`` additive [B, 1, 1, L] (0 where a row may attend, very negative or -inf
-    where not); returns [B, Hkv, G, D] in the query's dtype.
+    where not); returns [B, Hkv, G, D] in the query's dtype. ``multiprocessors``: the GPU's streaming
+    multiprocessors (read outside ``torch.compile``'s trace: ``torch.cuda.get_device_properties``).
 
-    >>> out = grouped_decode_attention(q, k, v, mask, 128 ** -0.5)  # doctest: +SKIP
+    >>> out = grouped_decode_attention(query, key, value, mask, 128 ** -0.5, multiprocessors=132)  # doctest: +SKIP
     """
     batch, heads_kv, groups, dim = query.shape
     length = key.shape[2]
     block_n, groups_pad = 64, max(16, triton.next_power_of_2(groups))
-    splits = splits_for(batch * heads_kv, length, SMS, block_n)
+    splits = splits_for(batch * heads_kv, length, multiprocessors, block_n)
     chunk = triton.cdiv(triton.cdiv(length, splits), block_n) * block_n
     splits = triton.cdiv(length, chunk)
     if query.stride(-1) != 1 or key.stride(-1) != 1 or value.stride(-1) != 1:
