@@ -39,7 +39,8 @@ def _partial_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, stats_ptr, out_ptr, 
         inside = n < end
         k = tl.load(k_ptr + b * stride_kb + h * stride_kh + n[:, None] * stride_kl + cols[None, :],
                     mask=inside[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale
+        # fp32 throughout: torch.compile passes ``scale`` as a float64 constant, which would promote the scores
+        s = (tl.dot(q, tl.trans(k)) * scale).to(tl.float32)
         s += tl.load(mask_ptr + b * stride_mb + n, mask=inside, other=float("-inf")).to(tl.float32)[None, :]
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp(s - m_new[:, None])
