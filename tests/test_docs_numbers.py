@@ -233,3 +233,22 @@ def test_fused_marlin_and_same_run_seed_numbers_quote_the_result_files():
         missing = [q for q in quoted if q not in half]
         assert not missing, missing
     assert row["fraction_of_limit"] > marlin["compiled_fused"]["fraction_of_limit"]  # the fused run is the faster one
+
+
+def test_triton_decode_attention_numbers_quote_the_result_files():
+    """The seed workload and batch 1 with hf-fast's Triton decode attention, in docs/results.md (English and Chinese)
+    and the README's results line."""
+    results = ROOT / "benchmarks" / "results"
+    english, chinese = (ROOT / "docs" / "results.md").read_text(encoding="utf-8").split("\n## 中文\n")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    seed, batch1 = (json.loads((results / name).read_text()) for name in
+                    ("bench_seed_triton_h100.json", "bench_batch1_triton_h100.json"))
+    s, b = seed["results"][0], batch1["results"][0]
+    assert s["backend"] == b["backend"] == "hf-graph-compile" and seed["commit"] == batch1["commit"] == "6768074"
+    quoted = [f"{s['tokens_per_s']} tok/s", f"{s['fraction_of_limit'] * 100:.1f}%", f"{b['tokens_per_s']} tok/s",
+              f"{b['fraction_of_limit'] * 100:.1f}%", f"{s['warm_up_s']} s"]
+    in_docs = quoted + [f"{b['warm_up_s']} s", f"{seed['bandwidth_limit']['limit_steps_per_s']} steps/s",
+                        f"{s['details']['graph_decoder_timings_last_run']['decode_s']} s"]
+    for text, numbers in ((english, in_docs), (chinese, in_docs), (readme, quoted)):
+        missing = [q for q in numbers if q not in text]
+        assert not missing, missing

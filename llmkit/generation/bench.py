@@ -9,7 +9,8 @@ Backends (all plain transformers APIs; the difference is how the decode loop run
   captured in the warm-up and reused, with each layer's q/k/v and gate/up projections computed as one product each
   (GPTQ Marlin layers too) and the prompt's forward pass captured as well (the workload repeats one prompt shape);
   ``hf-graph-compile`` also fuses the step's small ops with ``torch.compile`` and attends with the query heads
-  grouped by key/value head (``llmkit.generation.grouped_attention``). The prompt's forward pass is not compiled: a
+  grouped by key/value head (``llmkit.generation.grouped_attention``; on CUDA with Triton, in
+  ``llmkit.generation.triton_decode``'s kernel). The prompt's forward pass is not compiled: a
   second compile made the first start 54 s at batch 1 on an H100 for 13 ms less prefill at 25 rows
   (``benchmarks/results/bench_batch1_compiled_prefill_h100.json``, ``decode_profile_prefill_h100.json``).
 
