@@ -47,7 +47,8 @@ def grouped_query_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: to
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     groups, (batch, heads, _, dim) = module.num_key_value_groups, query.shape
-    if query.device.index in _MULTIPROCESSORS and attention_mask is not None and not dropout:
+    if (query.device.index in _MULTIPROCESSORS and attention_mask is not None and not dropout
+            and triton_fits(dim)):
         from llmkit.generation.triton_decode import grouped_decode_attention
 
         mask = attention_mask
@@ -74,6 +75,16 @@ def grouped_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, at
         query.reshape(batch, heads // groups, groups, dim), key, value, attn_mask=attention_mask, dropout_p=dropout,
         scale=scaling)  # [batch, kv_heads, groups, dim]: head h is row h // groups, h % groups, as repeat_kv orders them
     return grouped.reshape(batch, 1, heads, value.shape[-1]), None
+
+
+def triton_fits(head_dim: int) -> bool:
+    """Whether ``llmkit.generation.triton_decode``'s kernel takes heads of this size (a power of two, at least 16:
+    its tiles); other models keep SDPA's kernel.
+
+    >>> [triton_fits(d) for d in (128, 64, 80, 8)]
+    [True, True, False, False]
+    """
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
 def is_grouped_decode_step(module, query: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:

@@ -81,7 +81,9 @@ def grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torc
                              scale: float, multiprocessors: int) -> torch.Tensor:
     """Attention of one query token per row: query [B, Hkv, G, D] (the G query heads of each key/value head),
     key and value [B, Hkv, L, D], ``mask`` additive [B, 1, 1, L] (0 where a row may attend, very negative or -inf
-    where not); returns [B, Hkv, G, D] in the query's dtype. ``multiprocessors``: the GPU's streaming
+    where not); returns [B, Hkv, G, D] in the query's dtype. D: a power of two, at least 16
+    (``grouped_attention.triton_fits``).
+    ``multiprocessors``: the GPU's streaming
     multiprocessors (read outside ``torch.compile``'s trace: ``torch.cuda.get_device_properties``).
 
     >>> out = grouped_decode_attention(query, key, value, mask, 128 ** -0.5, multiprocessors=132)  # doctest: +SKIP
@@ -92,9 +94,9 @@ def grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torc
     splits = splits_for(batch * heads_kv, length, multiprocessors, block_n)
     chunk = triton.cdiv(triton.cdiv(length, splits), block_n) * block_n
     splits = triton.cdiv(length, chunk)
-    if query.stride(-1) != 1 or key.stride(-1) != 1 or value.stride(-1) != 1:
-        raise ValueError("grouped_decode_attention needs the last dimension of query, key and value contiguous")
-    mask = mask.reshape(batch, length)
+    mask = mask.expand(batch, 1, 1, length).reshape(batch, length)  # a view for [B, 1, 1, L], a copy if broadcast
+    if any(t.stride(-1) != 1 for t in (query, key, value, mask)):
+        raise ValueError("grouped_decode_attention needs the last dimension of query, key, value and mask contiguous")
     out = torch.empty(batch, heads_kv, groups, dim, dtype=query.dtype, device=query.device)
     acc = torch.empty(batch * heads_kv, splits, groups_pad, dim, dtype=torch.float32, device=query.device)
     stats = torch.empty(batch * heads_kv, splits, 2, groups_pad, dtype=torch.float32, device=query.device)
