@@ -17,9 +17,8 @@ For one model and batch size it measures, in one process, with the bandwidth lim
   other attention kernels (``compiled_fused_eager_attention``, ``compiled_fused_efficient_sdpa``,
   ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax, ``compiled_fused_flex``:
   on FlexAttention's decoding kernel, ``compiled_fused_sdpa``: on SDPA's kernel, as before ``triton_decode``), and
-  with the prompt's forward pass compiled too
-  (``compiled_fused_compiled_prefill``); each variant's row has its first call's seconds (compilation) and its
-  prefill's. GPTQ Marlin layers apart (``decode_profile_marlin_72b_h100.json``) were measured by earlier versions.
+  with the prompt's forward pass compiled too (``compiled_fused_compiled_prefill``); each variant's row has its first
+  call's seconds (compilation) and its prefill's. GPTQ Marlin layers apart (``decode_profile_marlin_72b_h100.json``) were measured by earlier versions.
   A compiled step groups the query heads by key/value head (``GraphDecoder`` does it since
   ``decode_profile_grouped_h100.json``, which measured it as the variant ``compiled_fused_grouped_sdpa`` against K
   and V repeated per query head).
@@ -55,7 +54,8 @@ import llmkit  # noqa: E402
 from llmkit.environment.env import llmkit_commit  # noqa: E402
 from llmkit.generation.bench import workload  # noqa: E402
 from llmkit.generation.fastdecode import GraphDecoder  # noqa: E402
-from llmkit.generation.grouped_attention import grouped_query_sdpa, grouped_sdpa, is_grouped_decode_step  # noqa: E402
+from llmkit.generation.grouped_attention import (additive_mask, grouped_query_sdpa, grouped_sdpa,  # noqa: E402
+                                                 is_grouped_decode_step)
 
 
 def timed(fn, repeats: int = 20) -> float:
@@ -155,9 +155,7 @@ def flex_grouped_attention(module, query, key, value, attention_mask, dropout=0.
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     groups, (batch, heads, _, dim) = module.num_key_value_groups, query.shape
-    mask = attention_mask
-    if mask is not None and mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    mask = None if attention_mask is None else additive_mask(attention_mask, query.dtype)
 
     def add_mask(score, b, h, q_index, kv_index):
         return score + mask[b, 0, 0, kv_index]

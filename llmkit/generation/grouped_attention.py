@@ -51,10 +51,8 @@ def grouped_query_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: to
             and triton_fits(dim)):
         from llmkit.generation.triton_decode import grouped_decode_attention
 
-        mask = attention_mask
-        if mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
-        grouped = grouped_decode_attention(query.reshape(batch, heads // groups, groups, dim), key, value, mask,
+        grouped = grouped_decode_attention(query.reshape(batch, heads // groups, groups, dim), key, value,
+                                           additive_mask(attention_mask, query.dtype),
                                            scaling if scaling is not None else dim ** -0.5,
                                            _MULTIPROCESSORS[query.device.index])
         return grouped.reshape(batch, 1, heads, value.shape[-1]), None
@@ -75,6 +73,17 @@ def grouped_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, at
         query.reshape(batch, heads // groups, groups, dim), key, value, attn_mask=attention_mask, dropout_p=dropout,
         scale=scaling)  # [batch, kv_heads, groups, dim]: head h is row h // groups, h % groups, as repeat_kv orders them
     return grouped.reshape(batch, 1, heads, value.shape[-1]), None
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A mask to add to attention scores: a boolean one (True where a row may attend) as 0 / -inf, any other as is.
+
+    >>> additive_mask(torch.tensor([True, False]), torch.float32)
+    tensor([0., -inf])
+    """
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
 def triton_fits(head_dim: int) -> bool:
