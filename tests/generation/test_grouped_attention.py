@@ -87,3 +87,6 @@ def test_the_triton_decode_kernel_equals_sdpa(batch, kv_heads, groups, dim, leng
                                     torch.cuda.get_device_properties(0).multi_processor_count)
     assert ours.dtype == torch.bfloat16
     torch.testing.assert_close(ours.reshape(batch, kv_heads * groups, 1, dim).float(), expected, atol=2e-2, rtol=2e-2)
+    # a custom operator torch.compile can place: its fake (shape-only) implementation agrees with the kernel
+    torch.library.opcheck(torch.ops.llmkit.grouped_decode_attention.default,
+                          (query.reshape(batch, kv_heads, groups, dim), key, value, mask, dim ** -0.5, 132))
