@@ -138,6 +138,18 @@ def _graph_once(decoder, tokenizer, prompts, new_tokens) -> tuple[list[list[int]
     return out.tolist(), decoder.timings["prefill_s"], time.perf_counter() - start
 
 
+def compile_seconds() -> dict[str, float]:
+    """Seconds ``torch.compile`` spent so far in this process, by phase (dynamo's ``bytecode_tracing``, inductor's
+    ``compile_fx_inner``, ``async_compile.wait`` for its Triton kernels, ...): subtract two readings to see where a
+    warm-up went.
+
+    >>> isinstance(compile_seconds(), dict)
+    True
+    """
+    names, values = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
+    return {name: float(value) for name, value in zip(names, values)}
+
+
 def resolve_backend(backend: str, cuda: bool) -> str:
     """The transformers backend ``hf-fast`` stands for on this machine (others are returned unchanged).
 
@@ -184,6 +196,7 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
     cuda = model.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    compiled_before = compile_seconds()
     try:
         warm_up_s, runs = timed_runs(once, repeats)
     finally:
@@ -197,6 +210,10 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
                "graph_decoder_timings_last_run": decoder_timings[-1]} if decoder else {}
     if backend == "hf-graph-compile":
         details["compile_mode"] = compile_mode
+        # the warm-up's compilation by phase (the rest of capture_s: the kernels' first launches, the graph capture)
+        details["compile_phases_s"] = {name: round(seconds - compiled_before.get(name, 0.0), 2)
+                                       for name, seconds in compile_seconds().items()
+                                       if seconds - compiled_before.get(name, 0.0) >= 0.05}
     if cuda:  # the engines' rows count whole processes (bench_engines): say which this is
         details["peak_memory"] = "torch.cuda.max_memory_allocated: this process's allocator, CUDA context not included"
     return result(backend, prompts, new_tokens, warm_up_s, runs,

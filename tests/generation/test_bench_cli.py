@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmkit.cli import main
 from llmkit.environment.env import llmkit_commit
@@ -42,10 +43,15 @@ def test_bench_passes_its_compile_mode_to_the_compiled_decoder(monkeypatch, caps
         return real_decoder(*args, **kwargs)
 
     monkeypatch.setattr(bench_module, "GraphDecoder", recording_decoder)
+    torch._dynamo.reset()  # dynamo traces again even if an earlier test compiled the same model
     code = main([*SMALL, "--backend", "hf-graph-compile", "--compile-mode", "max-autotune-no-cudagraphs", "--json"])
     printed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
     assert code == 0 and modes == ["max-autotune-no-cudagraphs"]
-    assert printed["results"][0]["details"]["compile_mode"] == "max-autotune-no-cudagraphs"
+    details = printed["results"][0]["details"]
+    assert details["compile_mode"] == "max-autotune-no-cudagraphs"
+    phases = details["compile_phases_s"]  # where the warm-up's compile went
+    assert phases and all(seconds >= 0.05 for seconds in phases.values())
+    assert phases["_compile.compile_inner"] <= printed["results"][0]["warm_up_s"] + 0.01
     with pytest.raises(SystemExit) as refused:
         main([*SMALL, "--compile-mode", "reduce-overhead"])  # its CUDA graphs would clash with GraphDecoder's
     assert refused.value.code == 2 and "invalid choice" in capsys.readouterr().err
