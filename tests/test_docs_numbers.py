@@ -252,3 +252,33 @@ def test_triton_decode_attention_numbers_quote_the_result_files():
     for text, numbers in ((english, in_docs), (chinese, in_docs), (readme, quoted)):
         missing = [q for q in numbers if q not in text]
         assert not missing, missing
+
+
+def test_custom_operator_numbers_quote_the_result_files():
+    """The Triton kernel as a custom operator: the cold and warm warm-ups, hf-fast beside vLLM in one run and batch 1
+    before the merge kernel, in docs/results.md (English and Chinese)."""
+    results = ROOT / "benchmarks" / "results"
+    english, chinese = (ROOT / "docs" / "results.md").read_text(encoding="utf-8").split("\n## 中文\n")
+    cold, batch1, both = (json.loads((results / name).read_text()) for name in
+                          ("bench_seed_custom_op_h100.json", "bench_batch1_custom_op_h100.json",
+                           "bench_seed_hf_fast_vllm_custom_op_h100.json"))
+    assert cold["commit"] == batch1["commit"] == both["commit"] == "cbd451a"
+    rows = {row["requested"]: row for row in both["results"]}
+    first, one = cold["results"][0], batch1["results"][0]
+    warm, vllm = rows["hf-fast"], rows["vllm"]
+    assert first["warm_up_s"] > warm["warm_up_s"]  # the second process found inductor's cache warm
+    percent = lambda row: f"{row['fraction_of_limit'] * 100:.1f}%"  # noqa: E731
+    quoted = [f"{first['warm_up_s']} s", f"{first['details']['graph_decoder_timings_warm_up']['capture_s']:.2f} s",
+              f"{first['tokens_per_s']} tok/s", percent(first), f"{warm['warm_up_s']} s",
+              f"{warm['tokens_per_s']} tok/s", percent(warm), f"{vllm['tokens_per_s']} tok/s", percent(vllm),
+              f"{both['bandwidth_limit']['limit_steps_per_s']} steps/s",
+              f"{both['bandwidth_limit']['copy_bandwidth_gb_s']} GB/s",
+              f"{warm['details']['graph_decoder_timings_last_run']['decode_s']} s",
+              f"{warm['time_to_first_token_s']} s", f"{vllm['time_to_first_token_s']} s",
+              f"{one['tokens_per_s']} tok/s", percent(one)]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    in_readme = [f"{first['warm_up_s']} s", f"{warm['warm_up_s']} s", str(warm["tokens_per_s"]),
+                 f"{vllm['tokens_per_s']} tok/s"]
+    for text, numbers in ((english, quoted), (chinese, quoted), (readme, in_readme)):
+        missing = [q for q in numbers if q not in text]
+        assert not missing, missing
