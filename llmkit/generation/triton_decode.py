@@ -9,7 +9,8 @@ pairs, a slice of it; a second kernel then merges the slices' partial softmax su
 ``llmkit.generation.grouped_attention`` sends a compiled decode step's attention here on CUDA GPUs. With it
 ``llmkit bench --backend hf-fast`` on an H100 went from 6.48 to 6.04 ms per 25-row step of Qwen2-7B (3903.6 tok/s,
 80.5% of the bandwidth limit) and to 171.9 tok/s at batch 1 (``benchmarks/results/bench_seed_triton_h100.json``,
-``bench_batch1_triton_h100.json``); its first compile took longer (53.1 s against 18.5 s).
+``bench_batch1_triton_h100.json``). Beside vLLM in one run (the kernel as a custom operator): 3908.6 against
+3971.1 tok/s, the gap in the prompts' uncompiled pass (``bench_seed_hf_fast_vllm_custom_op_h100.json``).
 
 >>> out = grouped_decode_attention(query, key, value, mask, scale, multiprocessors=132)  # doctest: +SKIP
 """
@@ -110,8 +111,8 @@ def grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torc
     ``torch.compile``'s trace: ``torch.cuda.get_device_properties``).
 
     A torch custom operator (``torch.ops.llmkit.grouped_decode_attention``): ``torch.compile`` calls it as one opaque
-    node instead of tracing into the Triton kernel at every layer (traced, it had made the first compile and capture
-    of Qwen2-7B's step take 50.3 s on an H100, 18.5 s with SDPA's kernel).
+    node instead of tracing into the Triton kernel at every layer (``hf-fast``'s first start on a fresh H100: 53.1 s
+    traced, 38.2 s as an operator: ``bench_seed_triton_h100.json``, ``bench_seed_custom_op_h100.json``).
 
     >>> out = grouped_decode_attention(query, key, value, mask, 128 ** -0.5, multiprocessors=132)  # doctest: +SKIP
     """
