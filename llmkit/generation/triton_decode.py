@@ -12,6 +12,9 @@ pairs, a slice of it; a second kernel then merges the slices' partial softmax su
 ``bench_batch1_triton_h100.json``). Beside vLLM in one run (the kernel as a custom operator): 3908.6 against
 3971.1 tok/s, the gap in the prompts' uncompiled pass (``bench_seed_hf_fast_vllm_custom_op_h100.json``).
 
+On a CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` set before this module is imported;
+fp16, as the interpreter lacks bf16): ``tests/generation/test_triton_decode.py`` checks them there against SDPA.
+
 >>> out = grouped_decode_attention(query, key, value, mask, scale, multiprocessors=132)  # doctest: +SKIP
 """
 
