@@ -1,5 +1,5 @@
 """llmkit.generation.triton_decode's kernels under Triton's interpreter, so that they run on a CPU too: against SDPA
-with K and V repeated, eagerly and inside ``torch.compile``, in one pass and split over slices of the cache."""
+on the same grouped shapes, eagerly and inside ``torch.compile``, in one pass and split over slices of the cache."""
 import importlib.util
 import json
 import os
@@ -45,7 +45,7 @@ def test_the_decode_kernels_equal_sdpa_under_the_interpreter():
                          env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=600)
     assert ran.returncode == 0, ran.stderr[-3000:]
     results = json.loads(ran.stdout.strip().splitlines()[-1])
-    assert [r["splits"] for r in results] == [1, 4, 5]  # one pass for 100 rows, split and merged for few
+    assert [r["splits"] for r in results] == [1, 4, 5]  # one pass for 100 (row, key/value head) pairs, else merged
     for (batch, kv_heads, groups, dim, *_), r in zip(cases, results):
         assert r["shape"] == [batch, kv_heads, groups, dim] and r["contiguous"] and r["dtype"] == "torch.float16"
         assert r["eager_error"] < 2e-3 and r["compiled_error"] < 2e-3, r
