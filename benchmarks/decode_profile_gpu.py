@@ -18,7 +18,8 @@ For one model and batch size it measures, in one process, with the bandwidth lim
   ``compiled_fused_grouped_matmul``: the grouped attention as matrix products and a softmax, ``compiled_fused_flex``:
   on FlexAttention's decoding kernel, ``compiled_fused_sdpa``: on SDPA's kernel, as before ``triton_decode``), and
   with the prompt's forward pass compiled too (``compiled_fused_compiled_prefill``); each variant's row has its first
-  call's seconds (compilation) and its prefill's. GPTQ Marlin layers apart (``decode_profile_marlin_72b_h100.json``) were measured by earlier versions.
+  call's seconds (compilation) and its prefill's. GPTQ Marlin layers apart (``decode_profile_marlin_72b_h100.json``)
+  were measured by earlier versions.
   A compiled step groups the query heads by key/value head (``GraphDecoder`` does it since
   ``decode_profile_grouped_h100.json``, which measured it as the variant ``compiled_fused_grouped_sdpa`` against K
   and V repeated per query head).
