@@ -171,7 +171,8 @@ def _run_isolated(function: str, job: dict, python: str, engine: str) -> BenchRe
 def bench_vllm(model_dir: str | Path, prompts: list[list[int]], new_tokens: int = 128, repeats: int = 3, **llm_args):
     """Time vLLM's offline ``LLM.generate`` on all prompts at once (greedy, ``ignore_eos``, fixed length).
 
-    Needs a CUDA GPU (see the module docstring). ``llm_args`` go to ``vllm.LLM``.
+    Needs a CUDA GPU (see the module docstring). ``llm_args`` go to ``vllm.LLM``; its prefix cache is off unless they
+    turn it on (each run repeats the same prompts).
 
     >>> r = bench_vllm("Qwen/Qwen2-7B-Instruct", [[9707, 11]], new_tokens=8)  # doctest: +SKIP
     """
@@ -182,9 +183,11 @@ def bench_vllm(model_dir: str | Path, prompts: list[list[int]], new_tokens: int 
 
     start = time.perf_counter()
     # disable_log_stats=False: per-request stats on each output (RequestOutput.metrics), whose first_token_latency
-    # is the time to first token (vLLM >= 0.2x); LLM turns them off by default
-    llm = LLM(model=str(model_dir), max_model_len=max(len(p) for p in prompts) + new_tokens,
-              **{"disable_log_stats": False, **llm_args})
+    # is the time to first token (vLLM >= 0.2x); LLM turns them off by default. enable_prefix_caching=False: every
+    # run sends the same prompts, and with vLLM's default prefix cache the runs after the warm-up would reuse its
+    # keys and values and skip most of the prompts' pass, which the other backends compute each time
+    settings = {"disable_log_stats": False, "enable_prefix_caching": False, **llm_args}
+    llm = LLM(model=str(model_dir), max_model_len=max(len(p) for p in prompts) + new_tokens, **settings)
     load_s = time.perf_counter() - start
     params = SamplingParams(temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True)
     inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
@@ -199,4 +202,5 @@ def bench_vllm(model_dir: str | Path, prompts: list[list[int]], new_tokens: int 
     warm_up_s, runs = timed_runs(once, repeats)
     return result("vllm", prompts, new_tokens, warm_up_s, runs,
                   details={"load_s": round(load_s, 2), "vllm": vllm.__version__,
-                           "tensor_parallel_size": llm_args.get("tensor_parallel_size", 1)})
+                           "tensor_parallel_size": llm_args.get("tensor_parallel_size", 1),
+                           "enable_prefix_caching": settings["enable_prefix_caching"]})

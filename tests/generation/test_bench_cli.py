@@ -184,6 +184,9 @@ def test_bench_runs_vllm_with_the_vllm_venvs_python_after_releasing_its_model(fa
     assert rows["vllm"]["tokens_per_s"] > 0 and rows["hf"]["tokens_per_s"] > 0
     assert rows["vllm"]["time_to_first_token_s"] == 0.25  # the first of the requests' first tokens
     assert rows["vllm"]["details"]["vllm"] == "0.0.fake"  # the version that ran
+    # the same prompts in every run: no prefix cache carrying one run's prompts into the next
+    asked = [json.loads(line) for line in fake_vllm.read_text().splitlines()]
+    assert asked == [{"enable_prefix_caching": False}] and rows["vllm"]["details"]["enable_prefix_caching"] is False
     ratio = printed["vllm_over_hf"]  # next to the source tutorial's 1479.95 / 800.48
     assert ratio == {"this_run": round(rows["vllm"]["tokens_per_s"] / rows["hf"]["tokens_per_s"], 2),
                      "source_tutorial": 1.85}
@@ -201,6 +204,7 @@ def test_bench_runs_vllm_once_per_tensor_parallel_size_against_that_many_cards_l
     assert rows["vllm"]["details"]["tensor_parallel_size"] == 1 and rows["vllm-tp2"]["details"]["tensor_parallel_size"] == 2
     asked = [json.loads(line) for line in fake_vllm.read_text().splitlines()]
     assert [a.get("tensor_parallel_size") for a in asked] == [None, 2]  # what each LLM(...) was given
+    assert all(a["enable_prefix_caching"] is False for a in asked)
     steps = printed["bandwidth_limit"]["limit_steps_per_s"]
     for name, cards in (("vllm", 1), ("vllm-tp2", 2)):
         row = rows[name]
