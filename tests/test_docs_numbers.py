@@ -282,3 +282,23 @@ def test_custom_operator_numbers_quote_the_result_files():
     for text, numbers in ((english, quoted), (chinese, quoted), (readme, in_readme)):
         missing = [q for q in numbers if q not in text]
         assert not missing, missing
+
+
+def test_merge_kernel_numbers_quote_the_result_files():
+    """The Triton merge kernel's seed and batch-1 runs, in docs/results.md (English and Chinese)."""
+    results = ROOT / "benchmarks" / "results"
+    english, chinese = (ROOT / "docs" / "results.md").read_text(encoding="utf-8").split("\n## 中文\n")
+    seed, batch1 = (json.loads((results / name).read_text()) for name in
+                    ("bench_seed_merge_h100.json", "bench_batch1_merge_h100.json"))
+    assert seed["commit"] == batch1["commit"] == "ee9df8d"
+    first, one = seed["results"][0], batch1["results"][0]
+    phases = first["details"]["compile_phases_s"]
+    quoted = [f"{first['tokens_per_s']} tok/s", f"{first['fraction_of_limit'] * 100:.1f}%", f"{first['warm_up_s']} s",
+              f"{phases['_compile.compile_inner']} s", f"{phases['pass.joint_graph_passes.pass_pattern_0']} s",
+              f"{one['tokens_per_s']} tok/s", f"{one['fraction_of_limit'] * 100:.1f}%"]
+    for run in (seed, batch1):
+        quoted += [f"{run['bandwidth_limit']['limit_steps_per_s']} steps/s",
+                   f"{run['bandwidth_limit']['copy_bandwidth_gb_s']} GB/s"]
+    for text in (english, chinese):
+        missing = [q for q in quoted if q not in text]
+        assert not missing, missing
