@@ -53,8 +53,8 @@ class GraphDecoder:
     as Qwen2): traced, transformers' SDPA attention would copy every key and value head once per query head, and on an
     H100 the 25-row step of Qwen2-7B took 8.86 ms that way and 6.58 ms grouped (``decode_profile_grouped_h100.json``).
     On a CUDA GPU with Triton that attention runs ``llmkit.generation.triton_decode``'s kernel (``hf-fast`` on an H100:
-    3903.6 tok/s on 25 prompts, 171.9 at batch 1, ``bench_seed_triton_h100.json``; a first start of 38.22 s on a
-    fresh machine, ``bench_seed_custom_op_h100.json``, and 6.82 s with inductor's cache warm,
+    3916.5 tok/s on 25 prompts and a first start of 29.83 s on a fresh machine, ``bench_seed_merge_h100.json``; 173.0
+    tok/s at batch 1, ``bench_batch1_merge_h100.json``; a start of 6.82 s with inductor's cache warm,
     ``bench_seed_hf_fast_vllm_custom_op_h100.json``).
     The step is compiled for this decoder's fixed shapes (``dynamic=False``): without it, a second decoder of another
     batch size or length in the same process made torch.compile's automatic dynamic shapes recompile the step with a
