@@ -299,6 +299,9 @@ def test_merge_kernel_numbers_quote_the_result_files():
     for run in (seed, batch1):
         quoted += [f"{run['bandwidth_limit']['limit_steps_per_s']} steps/s",
                    f"{run['bandwidth_limit']['copy_bandwidth_gb_s']} GB/s"]
-    for text in (english, chinese):
-        missing = [q for q in quoted if q not in text]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    in_readme = [f"{first['tokens_per_s']} tok/s", f"{first['warm_up_s']} s", f"{one['tokens_per_s']} tok/s",
+                 f"{one['fraction_of_limit'] * 100:.1f}%"]
+    for text, numbers in ((english, quoted), (chinese, quoted), (readme, in_readme)):
+        missing = [q for q in numbers if q not in text]
         assert not missing, missing
