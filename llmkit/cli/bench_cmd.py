@@ -39,6 +39,9 @@ def register(sub) -> None:
     parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
                         help="torch.compile mode of hf-graph-compile (hf-fast on CUDA); max-autotune-no-cudagraphs "
                              "also tunes the matrix products: minutes more warm-up (default: default)")
+    parser.add_argument("--fresh-compile-cache", action="store_true",
+                        help="hf-graph-compile (hf-fast on CUDA) compiles into an empty temporary cache, so its warm-up "
+                             "is a first start's even where earlier runs left compiled kernels behind")
     parser.add_argument("--tensor-parallel-size", type=int, nargs="+", default=[1], metavar="N",
                         help="vllm only: run it once per N on N GPUs (tensor parallelism), e.g. 1 2; N must divide "
                              "the model's attention heads (default: 1)")
@@ -206,7 +209,7 @@ def _bench_one(backend: str, args, hf_model: _LazyModel, tokenizer, model_dir, p
         return bench_engines.bench_vllm_isolated(model_dir, prompts, args.output_len, args.repeats,
                                                  **({"tensor_parallel_size": split} if split > 1 else {}))
     return bench(hf_model(), tokenizer, backend, prompts, new_tokens=args.output_len, repeats=args.repeats,
-                 compile_mode=args.compile_mode)
+                 compile_mode=args.compile_mode, fresh_compile_cache=args.fresh_compile_cache)
 
 
 def save_chart(data: dict, path: Path, overwrite: bool = False) -> None:

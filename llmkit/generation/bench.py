@@ -150,6 +150,18 @@ def compile_seconds() -> dict[str, float]:
     return {name: float(value) for name, value in zip(names, values)}
 
 
+def fx_graph_cache_counts() -> dict[str, int]:
+    """How often inductor's FX graph cache answered a compile so far in this process (``hits``), had to compile
+    (``misses``) or could not be used (``bypasses``): subtract two readings to see whether a warm-up compiled.
+
+    >>> sorted(fx_graph_cache_counts())
+    ['bypasses', 'hits', 'misses']
+    """
+    counted = torch._dynamo.utils.counters["inductor"]
+    return {name: counted[f"fxgraph_cache_{key}"] for name, key in (("hits", "hit"), ("misses", "miss"),
+                                                                  ("bypasses", "bypass"))}
+
+
 def resolve_backend(backend: str, cuda: bool) -> str:
     """The transformers backend ``hf-fast`` stands for on this machine (others are returned unchanged).
 
@@ -162,10 +174,12 @@ def resolve_backend(backend: str, cuda: bool) -> str:
 
 
 def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None = None, new_tokens: int = 128,
-          repeats: int = 3, compile_mode: str = "default") -> BenchResult:
+          repeats: int = 3, compile_mode: str = "default", fresh_compile_cache: bool = False) -> BenchResult:
     """Warm up once, then time ``repeats`` runs of ``backend`` on ``prompts`` (default: the 25 x 64 workload).
 
-    ``compile_mode`` is the ``torch.compile`` mode of ``hf-graph-compile``.
+    ``compile_mode`` is the ``torch.compile`` mode of ``hf-graph-compile``; with ``fresh_compile_cache`` it compiles
+    into an empty temporary cache (torch's ``fresh_cache``: inductor's and Triton's), so that its warm-up is a first
+    start's on any machine.
 
     >>> r = bench(model, tokenizer, "hf", workload(tokenizer, 2, 16), new_tokens=8, repeats=1)  # doctest: +SKIP
     >>> r.tokens_per_s > 0 and all(len(o) == 8 for o in r.outputs)  # doctest: +SKIP
@@ -196,9 +210,13 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
     cuda = model.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    compiled_before = compile_seconds()
+    compiled_before, cache_before = compile_seconds(), fx_graph_cache_counts()
+    fresh = fresh_compile_cache and backend == "hf-graph-compile"
+    if fresh:
+        from torch._inductor.utils import fresh_cache  # here: inductor takes seconds to import
     try:
-        warm_up_s, runs = timed_runs(once, repeats)
+        with fresh_cache() if fresh else contextlib.nullcontext():
+            warm_up_s, runs = timed_runs(once, repeats)
     finally:
         if backend == "hf-cb":
             model.destroy_cached_continuous_batching_manager()
@@ -214,6 +232,9 @@ def bench(model, tokenizer, backend: str = "hf", prompts: list[list[int]] | None
         details["compile_phases_s"] = {name: round(seconds - compiled_before.get(name, 0.0), 2)
                                        for name, seconds in compile_seconds().items()
                                        if seconds - compiled_before.get(name, 0.0) >= 0.05}
+        # a warm-up that found its graph compiled already (hits) is not a first start's
+        details["compile_cache"] = {"fresh": fresh, **{name: count - cache_before[name]
+                                                       for name, count in fx_graph_cache_counts().items()}}
     if cuda:  # the engines' rows count whole processes (bench_engines): say which this is
         details["peak_memory"] = "torch.cuda.max_memory_allocated: this process's allocator, CUDA context not included"
     return result(backend, prompts, new_tokens, warm_up_s, runs,

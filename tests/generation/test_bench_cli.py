@@ -57,6 +57,23 @@ def test_bench_passes_its_compile_mode_to_the_compiled_decoder(monkeypatch, caps
     assert refused.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
+def test_a_fresh_compile_cache_makes_the_warm_up_a_first_starts(capsys):
+    def compile_cache(*flags):
+        torch._dynamo.reset()  # dynamo traces again: inductor's caches on disk decide what is compiled
+        code = main([*SMALL, "--backend", "hf-graph-compile", *flags, "--json"])
+        printed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
+        assert code == 0
+        return printed["results"][0]["details"]["compile_cache"]
+
+    compile_cache()  # compiles into the default cache, or finds it there
+    warm = compile_cache()
+    default_dir = os.environ["TORCHINDUCTOR_CACHE_DIR"]  # set by inductor once it has used its cache
+    fresh = compile_cache("--fresh-compile-cache")
+    assert warm["fresh"] is False and warm["hits"] >= 1 and warm["misses"] == 0, warm
+    assert fresh["fresh"] is True and fresh["hits"] == 0 and fresh["misses"] >= 1, fresh
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == default_dir  # later compiles use the default cache again
+
+
 def test_bench_never_overwrites_a_results_file(tmp_path, capsys):
     out = tmp_path / "bench.json"
     out.write_text("earlier results")
