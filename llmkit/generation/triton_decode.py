@@ -9,8 +9,10 @@ pairs, a slice of it; a second kernel then merges the slices' partial softmax su
 ``llmkit.generation.grouped_attention`` sends a compiled decode step's attention here on CUDA GPUs. With it
 ``llmkit bench --backend hf-fast`` on an H100 went from 6.48 to 6.04 ms per 25-row step of Qwen2-7B (3903.6 tok/s,
 80.5% of the bandwidth limit) and to 171.9 tok/s at batch 1 (``benchmarks/results/bench_seed_triton_h100.json``,
-``bench_batch1_triton_h100.json``). Beside vLLM in one run (the kernel as a custom operator): 3908.6 against
-3971.1 tok/s, the gap in the prompts' uncompiled pass (``bench_seed_hf_fast_vllm_custom_op_h100.json``).
+``bench_batch1_triton_h100.json``); with the merge kernel, 3916.5 tok/s and 173.0 at batch 1
+(``bench_seed_merge_h100.json``, ``bench_batch1_merge_h100.json``). Beside vLLM in one run (the kernel as a custom
+operator): 3908.6 against 3971.1 tok/s, with vLLM's prefix cache on, which let its timed runs reuse the warm-up's
+prompts (``bench_seed_hf_fast_vllm_custom_op_h100.json``; ``llmkit bench`` turns the cache off since).
 
 On a CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` set before this module is imported;
 fp16, as the interpreter lacks bf16): ``tests/generation/test_triton_decode.py`` checks them there against SDPA.
