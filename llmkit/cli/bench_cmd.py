@@ -11,7 +11,7 @@ from pathlib import Path
 
 from llmkit.generation.bench_engines import ENGINE_BACKENDS, require_engine_python
 from llmkit.generation.bench_limit import fraction_of_limit
-from llmkit.generation.bench_result import ALL_BACKENDS, COMPILE_MODES
+from llmkit.generation.bench_result import ALL_BACKENDS, COMPILE_MODES, tuning_environment
 from llmkit.cli.table import print_table
 from llmkit.errors import BadInput
 from llmkit.pick import DEFAULT_STANDIN, model_or_default
@@ -134,6 +134,7 @@ def run(args) -> tuple[dict, int]:
                      "python": platform.python_version()},
         "workload": {"prompts": args.prompts, "input_len": args.input_len, "output_len": args.output_len,
                      "repeats": args.repeats},
+        "tuning_environment": tuning_environment(),  # the vLLM process inherits it
         "bandwidth_limit": limit,
         "results": rows,
     }

@@ -5,6 +5,7 @@ be importable without them.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -12,6 +13,8 @@ BACKENDS = ("hf", "hf-static", "hf-cb", "hf-graph", "hf-graph-compile")  # trans
 ALL_BACKENDS = ("hf-fast", *BACKENDS)  # hf-fast: the fastest of them (GraphDecoder + torch.compile)
 # torch.compile modes of hf-graph-compile: those that leave CUDA graphs to GraphDecoder's own capture
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+# environment variables that change what torch.compile or vLLM build, so a result file must say they were set
+TUNING_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_COMPILE_", "VLLM_")
 
 
 @dataclass
@@ -38,6 +41,17 @@ class BenchResult:
         """
         row = {k: v for k, v in asdict(self).items() if k != "outputs"}
         return {**row, "requests_per_s": round(self.tokens_per_s / self.new_tokens, 2)}
+
+
+def tuning_environment(env=None) -> dict[str, str]:
+    """The variables of ``env`` (default: this process's environment) that tune torch.compile or vLLM, e.g.
+    ``TORCHINDUCTOR_SHAPE_PADDING=0``: a benchmark's numbers hold for these settings only.
+
+    >>> tuning_environment({"TORCHINDUCTOR_SHAPE_PADDING": "0", "HOME": "/root", "VLLM_NO_USAGE_STATS": "1"})
+    {'TORCHINDUCTOR_SHAPE_PADDING': '0', 'VLLM_NO_USAGE_STATS': '1'}
+    """
+    env = os.environ if env is None else env
+    return {name: env[name] for name in sorted(env) if name.startswith(TUNING_PREFIXES)}
 
 
 def timed_runs(once, repeats: int) -> tuple[float, list[tuple[list[list[int]], float | None, float]]]:
