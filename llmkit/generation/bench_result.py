@@ -13,8 +13,10 @@ BACKENDS = ("hf", "hf-static", "hf-cb", "hf-graph", "hf-graph-compile")  # trans
 ALL_BACKENDS = ("hf-fast", *BACKENDS)  # hf-fast: the fastest of them (GraphDecoder + torch.compile)
 # torch.compile modes of hf-graph-compile: those that leave CUDA graphs to GraphDecoder's own capture
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
-# environment variables that change what torch.compile or vLLM build, so a result file must say they were set
+# environment variables that change what torch.compile or vLLM build, so a result file must say they were set;
+# never one that holds a credential (vLLM reads its server's VLLM_API_KEY)
 TUNING_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_COMPILE_", "VLLM_")
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 
 
 @dataclass
@@ -47,11 +49,12 @@ def tuning_environment(env=None) -> dict[str, str]:
     """The variables of ``env`` (default: this process's environment) that tune torch.compile or vLLM, e.g.
     ``TORCHINDUCTOR_SHAPE_PADDING=0``: a benchmark's numbers hold for these settings only.
 
-    >>> tuning_environment({"TORCHINDUCTOR_SHAPE_PADDING": "0", "HOME": "/root", "VLLM_NO_USAGE_STATS": "1"})
-    {'TORCHINDUCTOR_SHAPE_PADDING': '0', 'VLLM_NO_USAGE_STATS': '1'}
+    >>> tuning_environment({"TORCHINDUCTOR_SHAPE_PADDING": "0", "HOME": "/root", "VLLM_API_KEY": "s3cret"})
+    {'TORCHINDUCTOR_SHAPE_PADDING': '0'}
     """
     env = os.environ if env is None else env
-    return {name: env[name] for name in sorted(env) if name.startswith(TUNING_PREFIXES)}
+    return {name: env[name] for name in sorted(env)
+            if name.startswith(TUNING_PREFIXES) and not any(word in name for word in SECRET_WORDS)}
 
 
 def timed_runs(once, repeats: int) -> tuple[float, list[tuple[list[list[int]], float | None, float]]]:

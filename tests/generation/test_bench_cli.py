@@ -14,6 +14,7 @@ SMALL = ["bench", "--prompts", "2", "--input-len", "8", "--output-len", "4", "--
 
 def test_bench_writes_json_and_chart(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_SHAPE_PADDING", "0")  # a compile setting the numbers hold for: recorded
+    monkeypatch.setenv("VLLM_API_KEY", "not-for-result-files")
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     out.write_text("earlier results")  # replaced only because --overwrite asks for it
     code = main([*SMALL, "--backend", "hf", "hf-fast", "hf-graph", "--json", "--out", str(out), "--chart", str(chart),
@@ -27,7 +28,7 @@ def test_bench_writes_json_and_chart(tmp_path, capsys, monkeypatch):
     assert printed["workload"] == {"prompts": 2, "input_len": 8, "output_len": 4, "repeats": 1}
     assert printed["commit"] == llmkit_commit()  # the course's commit (this checkout's, or $LLMKIT_COMMIT)
     assert printed["tuning_environment"]["TORCHINDUCTOR_SHAPE_PADDING"] == "0"
-    assert not {"HOME", "PATH"} & set(printed["tuning_environment"])
+    assert not {"HOME", "PATH", "VLLM_API_KEY"} & set(printed["tuning_environment"])
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     limit = printed["bandwidth_limit"]  # measured in the same run: every weight byte once per step
     assert limit["device"] == "cpu" and limit["copy_bandwidth_gb_s"] > 0
